@@ -1,0 +1,151 @@
+"""Validated configuration for a DeepPrune run.
+
+Every knob is a pydantic model so that bad input fails early, at construction, with a message that
+names the field (``n_traces: Input should be greater than or equal to 1``), instead of surfacing as an
+obscure error deep inside a running engine.
+
+Defaults follow the paper (Tu et al., 2025) except ``n_traces``: the paper samples 512 traces per
+question on GPUs; our default of 16 is what a single CPU or a modest GPU finishes in reasonable time and
+is where self-consistency has already collected most of its accuracy gain (Wang et al., 2023, fig. 4:
+the curve flattens past ~16 sampled paths). Raise it on real hardware: DeepPrune's savings grow with N.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Default reasoning-word vocabulary. Case-insensitive, matched as whole words or short phrases.
+#: These are the discourse markers that open a new reasoning step in chain-of-thought text; counting
+#: them measures "how far the reasoning has gone" independently of how verbose each step is.
+DEFAULT_REASONING_WORDS: tuple[str, ...] = (
+    "wait",
+    "but",
+    "so",
+    "thus",
+    "therefore",
+    "since",
+    "because",
+    "hmm",
+    "alternatively",
+    "let me",
+    "let's",
+    "let us",
+    "check",
+    "verify",
+    "however",
+    "hence",
+    "now",
+    "then",
+    "first",
+    "next",
+    "finally",
+    "actually",
+    "consider",
+    "recall",
+    "notice",
+    "note",
+    "suppose",
+    "assume",
+    "if",
+    "we need",
+    "we get",
+    "we have",
+    "which means",
+    "in other words",
+    "substitute",
+    "simplify",
+    "solve",
+    "step",
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReasoningWordsPrefix(_Frozen):
+    """Prefix ends at the k-th reasoning word (the paper's chosen truncation, k = 25)."""
+
+    kind: Literal["reasoning_words"] = "reasoning_words"
+    k: int = Field(25, ge=1, description="Number of reasoning words that make the prefix.")
+    vocabulary: tuple[str, ...] = Field(
+        DEFAULT_REASONING_WORDS,
+        min_length=1,
+        description="Words or short phrases counted as reasoning words (case-insensitive).",
+    )
+
+    @model_validator(mode="after")
+    def _words_not_blank(self) -> ReasoningWordsPrefix:
+        blank = [w for w in self.vocabulary if not w.strip()]
+        if blank:
+            raise ValueError("vocabulary: reasoning words must be non-empty strings")
+        return self
+
+
+class TokensPrefix(_Frozen):
+    """Prefix is the first k generated tokens (the paper's alternative truncation)."""
+
+    kind: Literal["tokens"] = "tokens"
+    k: int = Field(500, ge=1, description="Number of generated tokens that make the prefix.")
+
+
+PrefixPolicy = Annotated[ReasoningWordsPrefix | TokensPrefix, Field(discriminator="kind")]
+
+
+class PruningConfig(_Frozen):
+    """How DeepPrune samples, clusters, prunes and votes.
+
+    ``policy="majority"`` is the paper's MV variant (finish up to K2 traces of the largest cluster and
+    majority-vote them); ``policy="diverse"`` is GC (one trace per cluster finishes; size-weighted vote).
+    """
+
+    n_traces: int = Field(16, ge=1, le=4096, description="Traces sampled in parallel (N).")
+    prefix: PrefixPolicy = Field(default_factory=ReasoningWordsPrefix)
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="tau: join a cluster when its mean judge score is > tau."
+    )
+    cluster_sample: int = Field(
+        10, ge=1, description="K1: members of a cluster compared with a new trace, at most."
+    )
+    max_clusters: int = Field(32, ge=1, description="K: clusters that may exist at once.")
+    finalists: int = Field(
+        20, ge=1, description="K2: traces of the winning cluster that finish and vote (MV)."
+    )
+    policy: Literal["majority", "diverse"] = "majority"
+    on_judge_error: Literal["fallback", "raise"] = "fallback"
+    seed: int = Field(0, ge=0, description="Seeds the run's RNG and every trace's sampling seed.")
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Wall-clock budget for the whole run. When it passes, running traces are aborted and "
+            "the finished ones vote; the result is flagged with fallback='deadline'."
+        ),
+    )
+
+
+class SamplingConfig(_Frozen):
+    """Sampling parameters shared by every trace (each trace gets its own seed)."""
+
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1, description="-1 disables top-k.")
+    max_tokens: int = Field(2048, ge=1)
+    stop: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _top_k_not_zero(self) -> SamplingConfig:
+        if self.top_k == 0:
+            raise ValueError("top_k: use -1 to disable top-k sampling (0 is not a valid value)")
+        return self
+
+
+class EarlyStoppingConfig(_Frozen):
+    """Early-stopping self-consistency (ESC, Li et al., 2024): windows of w traces."""
+
+    n_traces: int = Field(16, ge=1, le=4096, description="Upper bound on traces sampled.")
+    window: int = Field(4, ge=1, description="Traces per window; stop once a window is unanimous.")
+    seed: int = Field(0, ge=0)
+    deadline_s: float | None = Field(None, gt=0)

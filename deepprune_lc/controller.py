@@ -1,0 +1,587 @@
+"""Sans-IO controllers: what to do next, given what just happened.
+
+A controller never touches an engine, a clock or an event loop. The driver tells it what happened
+(``on_prefix``, ``on_finished``, ``on_judged``, ...) and executes the actions it returns (start, score,
+park, resume, abort, done). This is the h11 pattern: every rule of the method can be exercised from a
+test with plain data, and the same controller runs on replayed traces, vLLM or transformers.
+
+``DeepPruneController`` implements the paper's online greedy clustering plus the decisions the paper
+leaves open (see docs/method.md). ``SelfConsistencyController`` and ``EarlyStoppingController`` are the
+baselines, in the same shape, so all three run through one driver and are measured the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from deepprune_lc.answers import AnswerRules, Ballot, group_votes
+from deepprune_lc.config import EarlyStoppingConfig, PruningConfig
+from deepprune_lc.ports import PrefixPair
+from deepprune_lc.result import TERMINAL_STATUSES, ClusterReport, TraceStatus, VoteGroup
+
+# --------------------------------------------------------------------------------------------------
+# Actions: what the driver must do. Frozen and slotted; compared by value in tests.
+
+
+@dataclass(frozen=True, slots=True)
+class StartTrace:
+    trace_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScorePairs:
+    """Ask the judge about ``pairs`` (all for ``trace_id``); answer with ``on_judged(request_id)``."""
+
+    request_id: int
+    trace_id: int
+    pairs: tuple[PrefixPair, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTrace:
+    """Informational: the trace was placed in a cluster (the driver records and reports it)."""
+
+    trace_id: int
+    cluster_id: int
+    founded: bool
+    score: float | None
+    cluster_size: int
+    forced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ParkTrace:
+    """Stop decoding the trace but keep its tokens: it may be resumed as a finalist."""
+
+    trace_id: int
+    cluster_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeTrace:
+    """Continue a parked trace from exactly the tokens it had produced."""
+
+    trace_id: int
+    cluster_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AbortTrace:
+    """Stop the trace for good; it will not vote."""
+
+    trace_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailRun:
+    """The run cannot continue (e.g. judge error with ``on_judge_error="raise"``)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunDone:
+    """Every trace is in a terminal state and the vote is final: see ``controller.outcome``."""
+
+
+Action = (
+    StartTrace
+    | ScorePairs
+    | ClusterTrace
+    | ParkTrace
+    | ResumeTrace
+    | AbortTrace
+    | FailRun
+    | RunDone
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# State
+
+
+@dataclass(slots=True)
+class TraceState:
+    trace_id: int
+    status: TraceStatus | None = None  # None: not started yet
+    cluster_id: int | None = None
+    prefix: str | None = None
+    answer: str | None = None
+    finish_order: int | None = None
+    finish_reason: str | None = None
+    cluster_score: float | None = None
+    resumed: bool = False
+    voted: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(slots=True)
+class Cluster:
+    cluster_id: int
+    founder: int
+    members: list[int] = field(default_factory=list)  # founder first, then in joining order
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    answer: str | None
+    winning_trace: int | None
+    votes: tuple[VoteGroup, ...]
+    fallback: str | None
+
+
+@dataclass(slots=True)
+class _PendingJudgement:
+    request_id: int
+    trace_id: int
+    cluster_ids: tuple[int, ...]  # cluster of each pair, in pair order
+
+
+class Controller:
+    """Shared bookkeeping: trace states, finish order, voting, terminal-state accounting."""
+
+    method: str = "base"
+    #: Whether the driver must track prefixes and call ``on_prefix``.
+    needs_prefixes: bool = False
+
+    def __init__(self, n_traces: int, rules: AnswerRules) -> None:
+        self.n_traces = n_traces
+        self.rules = rules
+        self.traces = [TraceState(t) for t in range(n_traces)]
+        self.done = False
+        self.outcome: Outcome | None = None
+        self._finish_counter = 0
+
+    # Events from the driver -----------------------------------------------------------------------
+    def start(self) -> list[Action]:
+        raise NotImplementedError
+
+    def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
+        return []
+
+    def on_finished(self, trace_id: int, text: str, finish_reason: str) -> list[Action]:
+        """The trace's stream ended on its own (``stop`` or ``length``)."""
+        state = self.traces[trace_id]
+        if state.terminal or self.done:
+            # Raced with an abort we had already decided on: its tokens count, it does not vote.
+            return []
+        state.status = "finished"
+        state.finish_reason = finish_reason
+        state.answer = self.rules.extract(text)
+        state.finish_order = self._finish_counter
+        self._finish_counter += 1
+        return self._after_finish(trace_id)
+
+    def on_judged(self, request_id: int, probabilities: Sequence[float]) -> list[Action]:
+        return []
+
+    def on_judge_failed(self, request_id: int, reason: str) -> list[Action]:
+        return []
+
+    def on_deadline(self) -> list[Action]:
+        """Time is up: stop whatever runs, vote with what finished."""
+        if self.done:
+            return []
+        actions = self._stop_all("deadline")
+        actions += self._finish_run(self._deadline_ballots(), fallback="deadline")
+        return actions
+
+    def abort_all(self, reason: str) -> list[Action]:
+        """The run failed or was cancelled: stop everything, keep what finished (no vote)."""
+        if self.done:
+            return []
+        actions = self._stop_all(reason)
+        self.done = True
+        self.outcome = Outcome(None, None, (), fallback="error")
+        return actions
+
+    # Hooks for subclasses ---------------------------------------------------------------------------
+    def _after_finish(self, trace_id: int) -> list[Action]:
+        raise NotImplementedError
+
+    def _deadline_ballots(self) -> list[Ballot]:
+        return self._ballots(t.trace_id for t in self.traces if t.status == "finished")
+
+    # Helpers ----------------------------------------------------------------------------------------
+    def _start(self, trace_ids: Sequence[int]) -> list[Action]:
+        for t in trace_ids:
+            self.traces[t].status = "running"
+        return [StartTrace(t) for t in trace_ids]
+
+    def _abort(self, trace_id: int, reason: str) -> list[Action]:
+        state = self.traces[trace_id]
+        if state.status == "running":
+            state.status = "aborted"
+            return [AbortTrace(trace_id, reason)]
+        if state.status == "parked":
+            state.status = "pruned"
+        # A trace that was never started (status None, e.g. ESC stopped early) stays unsampled.
+        return []
+
+    def _stop_all(self, reason: str) -> list[Action]:
+        actions: list[Action] = []
+        for state in self.traces:
+            if not state.terminal:
+                actions += self._abort(state.trace_id, reason)
+        return actions
+
+    def _ballots(self, trace_ids: object, weights: dict[int, float] | None = None) -> list[Ballot]:
+        ballots = []
+        for t in trace_ids:  # type: ignore[attr-defined]
+            state = self.traces[t]
+            if state.status == "finished" and state.answer is not None:
+                weight = 1.0 if weights is None else weights[t]
+                ballots.append(Ballot(t, state.answer, weight, state.finish_order or 0))
+        return ballots
+
+    def _finish_run(self, ballots: list[Ballot], fallback: str | None = None) -> list[Action]:
+        """Vote, settle every non-terminal trace, and end the run.
+
+        With no ballot, fall back to every finished trace with an extractable answer, then to the
+        earliest finished trace with no answer at all; both are flagged ``no_voter``.
+        """
+        actions = self._stop_all("finalised")  # parked members that were not resumed become pruned
+        if not ballots:
+            ballots = self._ballots(t.trace_id for t in self.traces if t.status == "finished")
+            fallback = fallback or "no_voter"
+        votes = tuple(group_votes(ballots, self.rules.equivalent)) if ballots else ()
+        for ballot in ballots:
+            self.traces[ballot.trace_id].voted = True
+        if votes:
+            top = votes[0]
+            winner = min(top.trace_ids, key=lambda t: self.traces[t].finish_order or 0)
+            self.outcome = Outcome(top.answer, winner, votes, fallback)
+        else:
+            finished = [t for t in self.traces if t.status == "finished"]
+            first = min(finished, key=lambda s: s.finish_order or 0) if finished else None
+            self.outcome = Outcome(
+                None, first.trace_id if first else None, (), fallback or "no_voter"
+            )
+        self.done = True
+        return [*actions, RunDone()]
+
+    def statuses(self) -> list[TraceStatus | None]:
+        return [t.status for t in self.traces]
+
+    def cluster_reports(self) -> list[ClusterReport]:
+        return []
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines
+
+
+class SelfConsistencyController(Controller):
+    """cons@N: every trace finishes, plain majority vote over equivalent answers."""
+
+    method = "self_consistency"
+
+    def start(self) -> list[Action]:
+        return self._start(range(self.n_traces))
+
+    def _after_finish(self, trace_id: int) -> list[Action]:
+        if all(t.terminal for t in self.traces):
+            return self._finish_run(self._ballots(range(self.n_traces)))
+        return []
+
+
+class EarlyStoppingController(Controller):
+    """ESC: sample windows of ``w`` traces; stop as soon as one whole window agrees."""
+
+    method = "esc"
+
+    def __init__(self, config: EarlyStoppingConfig, rules: AnswerRules) -> None:
+        super().__init__(config.n_traces, rules)
+        self.window_size = config.window
+        self.window = range(0)
+
+    def _start_window(self) -> list[Action]:
+        first = self.window.stop
+        self.window = range(first, min(first + self.window_size, self.n_traces))
+        return self._start(self.window)
+
+    def start(self) -> list[Action]:
+        return self._start_window()
+
+    def _after_finish(self, trace_id: int) -> list[Action]:
+        window = self.window
+        if not all(self.traces[t].terminal for t in window):
+            return []
+        answers = [self.traces[t].answer for t in window]
+        unanimous = all(a is not None for a in answers) and all(
+            self.rules.equivalent(answers[0], a)
+            for a in answers[1:]  # type: ignore[arg-type]
+        )
+        if unanimous or window.stop >= self.n_traces:
+            return self._finish_run(self._ballots(range(window.stop)))
+        return self._start_window()
+
+
+# --------------------------------------------------------------------------------------------------
+# DeepPrune
+
+
+class DeepPruneController(Controller):
+    """Online greedy clustering of trace prefixes, pruning, finalisation and voting.
+
+    Phases: ``sampling`` (traces are clustered in arrival order), then ``finalising`` (``majority``:
+    the winner's finalists run; ``diverse``: every founder runs), or ``fallback`` after a judge error
+    (no more pruning; running traces finish; plain majority vote).
+    """
+
+    method = "deepprune"
+
+    def __init__(
+        self, config: PruningConfig, rules: AnswerRules, rng: random.Random | None = None
+    ) -> None:
+        super().__init__(config.n_traces, rules)
+        self.config = config
+        self.rng = rng if rng is not None else random.Random(config.seed)
+        self.clusters: list[Cluster] = []
+        self.phase = "sampling"
+        self.judge_pairs = 0
+        self._queue: deque[int] = deque()  # traces with a prefix, waiting to be clustered
+        self._pending: _PendingJudgement | None = None
+        self._request_counter = 0
+        self._clustered = 0
+        self._finalists: set[int] = set()
+        self.fallback_detail: str | None = None
+        # One trace needs no judge: it simply runs (DEEPPRUNE.md, "Our choices" 6).
+        self.needs_prefixes = config.n_traces > 1
+
+    # -- events ----------------------------------------------------------------------------------
+    def start(self) -> list[Action]:
+        return self._start(range(self.n_traces))
+
+    def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
+        state = self.traces[trace_id]
+        if self.n_traces == 1 or self.phase != "sampling" or state.prefix is not None:
+            return []
+        state.prefix = prefix
+        self._queue.append(trace_id)
+        return self._pump()
+
+    def on_judged(self, request_id: int, probabilities: Sequence[float]) -> list[Action]:
+        pending = self._pending
+        if pending is None or pending.request_id != request_id or self.phase != "sampling":
+            return []  # stale: the run moved on (finalised or fell back) while the judge worked
+        problem = self._invalid_scores(pending, probabilities)
+        if problem is not None:
+            return self.on_judge_failed(request_id, problem)
+        self._pending = None
+        scores: dict[int, list[float]] = {}
+        for cluster_id, p in zip(pending.cluster_ids, probabilities, strict=True):
+            scores.setdefault(cluster_id, []).append(float(p))
+        # Best mean score; ties go to the older cluster (lower id).
+        best_id, best = max(
+            ((cid, sum(ps) / len(ps)) for cid, ps in scores.items()), key=lambda x: (x[1], -x[0])
+        )
+        trace_id = pending.trace_id
+        if best > self.config.threshold:
+            actions = self._join(trace_id, best_id, best, forced=False)
+        elif len(self.clusters) < self.config.max_clusters:
+            actions = self._found(trace_id, best)
+        else:
+            actions = self._join(trace_id, best_id, best, forced=True)
+        return actions + self._after_clustering()
+
+    def on_judge_failed(self, request_id: int, reason: str) -> list[Action]:
+        pending = self._pending
+        if pending is None or pending.request_id != request_id or self.phase != "sampling":
+            return []
+        self._pending = None
+        if self.config.on_judge_error == "raise":
+            return [FailRun(f"judge failed while clustering trace {pending.trace_id}: {reason}")]
+        # Fallback: stop pruning. Traces that are running finish; parked ones stay pruned.
+        self.phase = "fallback"
+        self.fallback_detail = reason
+        self._queue.clear()
+        return self._maybe_finish_fallback()
+
+    # -- clustering --------------------------------------------------------------------------------
+    def _pump(self) -> list[Action]:
+        """Cluster queued traces in arrival order, one judge request at a time."""
+        actions: list[Action] = []
+        while self._pending is None and self._queue and self.phase == "sampling":
+            trace_id = self._queue.popleft()
+            if not self.clusters:
+                actions += self._found(trace_id, None)
+                actions += self._after_clustering(pump=False)
+                continue
+            pairs: list[PrefixPair] = []
+            cluster_ids: list[int] = []
+            prefix = self.traces[trace_id].prefix or ""
+            for cluster in self.clusters:
+                k = min(self.config.cluster_sample, len(cluster.members))
+                for member in self.rng.sample(cluster.members, k):
+                    pairs.append(
+                        PrefixPair(trace_id, member, prefix, self.traces[member].prefix or "")
+                    )
+                    cluster_ids.append(cluster.cluster_id)
+            self._request_counter += 1
+            self._pending = _PendingJudgement(self._request_counter, trace_id, tuple(cluster_ids))
+            self.judge_pairs += len(pairs)
+            actions.append(ScorePairs(self._request_counter, trace_id, tuple(pairs)))
+        return actions
+
+    def _found(self, trace_id: int, score: float | None) -> list[Action]:
+        cluster = Cluster(len(self.clusters), trace_id, [trace_id])
+        self.clusters.append(cluster)
+        state = self.traces[trace_id]
+        state.cluster_id, state.cluster_score = cluster.cluster_id, score
+        self._clustered += 1
+        return [ClusterTrace(trace_id, cluster.cluster_id, True, score, 1)]
+
+    def _join(self, trace_id: int, cluster_id: int, score: float, *, forced: bool) -> list[Action]:
+        cluster = self.clusters[cluster_id]
+        cluster.members.append(trace_id)
+        state = self.traces[trace_id]
+        state.cluster_id, state.cluster_score = cluster_id, score
+        self._clustered += 1
+        actions: list[Action] = [
+            ClusterTrace(trace_id, cluster_id, False, score, len(cluster.members), forced)
+        ]
+        if state.status == "running":
+            state.status = "parked"
+            actions.append(ParkTrace(trace_id, cluster_id))
+        return actions
+
+    def _after_clustering(self, *, pump: bool = True) -> list[Action]:
+        actions = self._maybe_finalise()
+        if pump:
+            actions += self._pump()
+        return actions
+
+    def _unclustered(self) -> int:
+        return self.n_traces - self._clustered
+
+    def _winner(self) -> Cluster:
+        # Largest cluster; ties go to the older one.
+        return max(self.clusters, key=lambda c: (len(c.members), -c.cluster_id))
+
+    # -- finalisation ------------------------------------------------------------------------------
+    def _maybe_finalise(self) -> list[Action]:
+        if self.phase != "sampling" or not self.clusters:
+            return []
+        unclustered = self._unclustered()
+        if self.config.policy == "diverse":
+            return self._finalise_diverse() if unclustered == 0 else []
+        sizes = sorted((len(c.members) for c in self.clusters), reverse=True)
+        second = sizes[1] if len(sizes) > 1 else 0
+        if unclustered == 0 or sizes[0] > second + unclustered:
+            return self._finalise_majority()
+        return []
+
+    def _stop_unclustered(self) -> list[Action]:
+        self._queue.clear()
+        self._pending = None
+        actions: list[Action] = []
+        for state in self.traces:
+            if state.cluster_id is None and not state.terminal:
+                actions += self._abort(state.trace_id, "winner_certain")
+        return actions
+
+    def _finalise_majority(self) -> list[Action]:
+        self.phase = "finalising"
+        winner = self._winner()
+        actions = self._stop_unclustered()
+        for cluster in self.clusters:
+            if cluster is not winner:
+                for member in cluster.members:
+                    actions += self._abort(member, "losing_cluster")
+        # Finalists: the founder, members already finished, then resumed parked members (K2 total).
+        budget = self.config.finalists
+        finalists = [winner.founder]
+        finalists += [m for m in winner.members[1:] if self.traces[m].status == "finished"][
+            : max(0, budget - 1)
+        ]
+        parked = [m for m in winner.members[1:] if self.traces[m].status == "parked"]
+        room = max(0, budget - len(finalists))
+        for member in self.rng.sample(parked, min(room, len(parked))):
+            state = self.traces[member]
+            state.status, state.resumed = "running", True
+            finalists.append(member)
+            actions.append(ResumeTrace(member, winner.cluster_id))
+        self._finalists = set(finalists)
+        return actions + self._maybe_finish_finalising()
+
+    def _finalise_diverse(self) -> list[Action]:
+        self.phase = "finalising"
+        self._finalists = {c.founder for c in self.clusters}
+        return self._maybe_finish_finalising()
+
+    def _maybe_finish_finalising(self) -> list[Action]:
+        if not all(self.traces[t].terminal for t in self._finalists):
+            return []
+        return self._finish_run(self._final_ballots())
+
+    def _final_ballots(self) -> list[Ballot]:
+        if self.config.policy == "diverse":
+            # One voice per cluster, weighted by its size: the founder, or failing that the
+            # earliest-finished member with an answer.
+            ballots = []
+            for cluster in self.clusters:
+                voters = self._ballots(cluster.members)
+                if voters:
+                    voice = next((b for b in voters if b.trace_id == cluster.founder), None)
+                    voice = voice or min(voters, key=lambda b: b.finish_order)
+                    ballots.append(
+                        Ballot(
+                            voice.trace_id, voice.answer, len(cluster.members), voice.finish_order
+                        )
+                    )
+            return ballots
+        ballots = self._ballots(sorted(self._finalists))
+        ballots.sort(key=lambda b: b.finish_order)
+        return ballots[: self.config.finalists]
+
+    def _deadline_ballots(self) -> list[Ballot]:
+        if self.phase == "finalising":
+            return self._final_ballots()
+        return super()._deadline_ballots()
+
+    # -- finishing ---------------------------------------------------------------------------------
+    def _after_finish(self, trace_id: int) -> list[Action]:
+        if self.n_traces == 1:
+            return self._finish_run(self._ballots([trace_id]))
+        if self.phase == "finalising":
+            return self._maybe_finish_finalising()
+        if self.phase == "fallback":
+            return self._maybe_finish_fallback()
+        return []
+
+    def _maybe_finish_fallback(self) -> list[Action]:
+        if any(t.status == "running" for t in self.traces):
+            return []
+        ballots = self._ballots(t.trace_id for t in self.traces if t.status == "finished")
+        return self._finish_run(ballots, fallback="judge_error")
+
+    # -- validation and reports ----------------------------------------------------------------------
+    @staticmethod
+    def _invalid_scores(pending: _PendingJudgement, probabilities: Sequence[float]) -> str | None:
+        if len(probabilities) != len(pending.cluster_ids):
+            return (
+                f"judge returned {len(probabilities)} scores for {len(pending.cluster_ids)} pairs"
+            )
+        for p in probabilities:
+            try:
+                value = float(p)
+            except (TypeError, ValueError):
+                return f"judge returned {p!r}, not a number"
+            if math.isnan(value) or not 0.0 <= value <= 1.0:
+                return f"judge returned {p!r}, not a probability in [0, 1]"
+        return None
+
+    def cluster_reports(self) -> list[ClusterReport]:
+        return [
+            ClusterReport(cluster_id=c.cluster_id, founder=c.founder, members=list(c.members))
+            for c in self.clusters
+        ]

@@ -1,0 +1,550 @@
+"""The asyncio driver: runs a controller against a generation backend and a judge.
+
+This is the only layer that knows about concurrency, deadlines and cancellation. It streams every
+trace in its own task, feeds deltas to prefix trackers (until the prefix is complete, then never
+again), forwards what happened to the controller, executes the actions it returns, measures tokens and
+time, and tells listeners.
+
+Guarantees, whatever happens mid-run: no request is left running in the backend (every live request
+is aborted before ``run`` returns or raises), and token counts and finished traces survive in the
+result (attached to the exception when the run fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from deepprune_lc.config import PrefixPolicy, SamplingConfig
+from deepprune_lc.controller import (
+    AbortTrace,
+    Action,
+    ClusterTrace,
+    Controller,
+    DeepPruneController,
+    FailRun,
+    ParkTrace,
+    ResumeTrace,
+    RunDone,
+    ScorePairs,
+    StartTrace,
+)
+from deepprune_lc.errors import DeepPruneError, GenerationError, JudgeError
+from deepprune_lc.events import (
+    DeepPruneEvent,
+    EventListener,
+    JudgeScored,
+    PrefixReached,
+    RunCompleted,
+    TraceAborted,
+    TraceClustered,
+    TraceFinished,
+    TracePruned,
+    TraceResumed,
+    TraceStarted,
+    VoteCounted,
+)
+from deepprune_lc.ports import GenerationBackend, Judge, Prompt, TraceRequest
+from deepprune_lc.prefix import PrefixTracker, make_prefix_tracker
+from deepprune_lc.result import (
+    DeepPruneResult,
+    RunTotals,
+    TraceReport,
+)
+
+#: How long to wait for aborted streams to end before giving up on them (they are cancelled then).
+ABORT_GRACE_S = 10.0
+#: Tokens a stream may still deliver after its abort call before the driver closes it itself. Covers
+#: an abort that reached the backend before the request did (the backend then knows nothing of it).
+ABORT_SLACK_TOKENS = 64
+
+_run_counter = itertools.count()
+
+
+def validate_prompt(prompt: Prompt) -> Prompt:
+    """Reject prompts no backend can answer, before any engine work starts."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("prompt: must not be empty")
+        return prompt
+    messages = list(prompt)
+    if not messages:
+        raise ValueError("prompt: must contain at least one message")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"prompt[{i}]: a message needs 'role' and 'content' keys")
+    if not any(str(m["content"]).strip() for m in messages):
+        raise ValueError("prompt: every message is empty")
+    return messages
+
+
+@dataclass(slots=True)
+class _TraceRun:
+    """What the driver measures of one trace (the controller owns its status)."""
+
+    trace_id: int
+    token_ids: list[int] = field(default_factory=list)
+    chunks: list[str] = field(default_factory=list)
+    tracker: PrefixTracker | None = None
+    request_id: str | None = None
+    incarnation: int = 0
+    task: asyncio.Task[None] | None = None
+    stream_open: bool = False
+    abort_requested: bool = False
+    stop_before_start: bool = False
+    tokens_after_abort: int = 0
+    resume_prefill_tokens: int = 0
+    prefix_tokens: int | None = None
+    clustered_at_s: float | None = None
+    finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+class Driver:
+    """Runs one controller to completion; one instance per run."""
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        judge: Judge | None,
+        controller: Controller,
+        *,
+        prompt: Prompt,
+        sampling: SamplingConfig,
+        prefix_policy: PrefixPolicy | None,
+        seed: int,
+        deadline_s: float | None,
+        listeners: Sequence[EventListener] = (),
+        policy: str | None = None,
+    ) -> None:
+        if controller.needs_prefixes and (judge is None or prefix_policy is None):
+            raise ValueError(f"{type(controller).__name__} needs a judge and a prefix policy")
+        self.backend = backend
+        self.judge = judge
+        self.controller = controller
+        self.prompt = prompt
+        self.sampling = sampling
+        self.prefix_policy = prefix_policy
+        self.seed = seed
+        self.deadline_s = deadline_s
+        self.listeners = list(listeners)
+        self.policy = policy
+        self.run_id = f"dp-{uuid.uuid4().hex[:8]}-{next(_run_counter)}"
+        self.traces = [_TraceRun(t) for t in range(controller.n_traces)]
+        self._t0 = 0.0
+        self._done = asyncio.Event()
+        self._failure: DeepPruneError | None = None
+        self._aux_tasks: set[asyncio.Task[None]] = set()
+        self._judge_calls = 0
+        self._judge_pairs = 0
+        self._judge_prefill = 0
+        self._judge_time = 0.0
+
+    # ------------------------------------------------------------------------------------------
+    # Public entry point
+
+    async def run(self) -> DeepPruneResult:
+        self._t0 = time.perf_counter()
+        completed = False
+        try:
+            self._execute(self.controller.start())
+            await self._wait_until_done()
+            completed = self._failure is None
+        finally:
+            # Whatever ended the run (done, failure, cancellation), nothing may keep decoding.
+            await self._shutdown(reason="cancelled" if not completed else "finalised")
+        result = self._build_result()
+        if self._failure is not None:
+            self._failure.partial_result = result
+            raise self._failure
+        self._emit(
+            VoteCounted,
+            answer=result.answer,
+            votes=[
+                {"answer": v.answer, "weight": v.weight, "trace_ids": v.trace_ids}
+                for v in result.votes
+            ],
+            fallback=result.fallback,
+        )
+        self._emit(RunCompleted, result=result)
+        return result
+
+    async def _wait_until_done(self) -> None:
+        if self.deadline_s is None:
+            await self._done.wait()
+            return
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout=self.deadline_s)
+        except asyncio.TimeoutError:
+            self._execute(self.controller.on_deadline())
+            await self._done.wait()
+
+    # ------------------------------------------------------------------------------------------
+    # Action execution (synchronous: runs inside whichever task reported the event)
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, StartTrace):
+                self._start(action.trace_id, resume=False)
+            elif isinstance(action, ScorePairs):
+                self._spawn(self._score(action))
+            elif isinstance(action, ClusterTrace):
+                trace = self.traces[action.trace_id]
+                trace.clustered_at_s = self._elapsed()
+                self._emit(
+                    TraceClustered,
+                    trace_id=action.trace_id,
+                    cluster_id=action.cluster_id,
+                    founded=action.founded,
+                    score=action.score,
+                    cluster_size=action.cluster_size,
+                    forced=action.forced,
+                )
+            elif isinstance(action, ParkTrace):
+                self._stop(action.trace_id)
+                self._emit(
+                    TracePruned,
+                    trace_id=action.trace_id,
+                    cluster_id=action.cluster_id,
+                    tokens_decoded=len(self.traces[action.trace_id].token_ids),
+                )
+            elif isinstance(action, AbortTrace):
+                self._stop(action.trace_id)
+                self._emit(
+                    TraceAborted,
+                    trace_id=action.trace_id,
+                    reason=action.reason,
+                    tokens_decoded=len(self.traces[action.trace_id].token_ids),
+                )
+            elif isinstance(action, ResumeTrace):
+                self._start(action.trace_id, resume=True, cluster_id=action.cluster_id)
+            elif isinstance(action, FailRun):
+                self._fail(JudgeError(action.reason))
+            elif isinstance(action, RunDone):
+                self._done.set()
+
+    def _start(self, trace_id: int, *, resume: bool, cluster_id: int = -1) -> None:
+        trace = self.traces[trace_id]
+        if trace.tracker is None and not resume and self.controller.needs_prefixes:
+            assert self.prefix_policy is not None
+            trace.tracker = make_prefix_tracker(self.prefix_policy)
+        previous = trace.task
+        trace.stop_before_start = False
+        trace.task = asyncio.get_running_loop().create_task(
+            self._consume(trace, resume=resume, cluster_id=cluster_id, previous=previous),
+            name=f"{self.run_id}-trace-{trace_id}",
+        )
+
+    def _stop(self, trace_id: int) -> None:
+        trace = self.traces[trace_id]
+        if not trace.stream_open:
+            if trace.task is not None and not trace.task.done():
+                trace.stop_before_start = True  # started or resumed, but not streaming yet
+            return
+        if trace.abort_requested:
+            return
+        trace.abort_requested = True
+        if trace.request_id is not None:
+            self._spawn(self._abort_request(trace.request_id))
+
+    async def _abort_request(self, request_id: str) -> None:
+        try:
+            await self.backend.abort(request_id)
+        except Exception as exc:
+            self._fail(GenerationError(f"backend failed to abort request {request_id}: {exc!r}"))
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._aux_tasks.add(task)
+        task.add_done_callback(self._aux_tasks.discard)
+
+    # ------------------------------------------------------------------------------------------
+    # Streams
+
+    async def _consume(
+        self,
+        trace: _TraceRun,
+        *,
+        resume: bool,
+        cluster_id: int,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        if previous is not None and not previous.done():
+            # A resumed trace continues from the ids its parked stream produced: wait until that
+            # stream has really ended so none are missing.
+            await asyncio.wait([previous])
+        if trace.stop_before_start:
+            trace.stop_before_start = False
+            return
+        resume_ids = tuple(trace.token_ids) if resume else ()
+        trace.incarnation += 1
+        trace.request_id = f"{self.run_id}-t{trace.trace_id}-{trace.incarnation}"
+        trace.abort_requested = False
+        trace.finish_reason = None
+        if resume:
+            trace.resume_prefill_tokens += len(resume_ids)
+            self._emit(
+                TraceResumed,
+                trace_id=trace.trace_id,
+                cluster_id=cluster_id,
+                resume_prefill_tokens=len(resume_ids),
+            )
+        else:
+            self._emit(TraceStarted, trace_id=trace.trace_id)
+        request = TraceRequest(
+            request_id=trace.request_id,
+            trace_index=trace.trace_id,
+            prompt=self.prompt,
+            sampling=self.sampling,
+            seed=(self.seed << 16) + trace.trace_id,
+            resume_token_ids=resume_ids,
+        )
+        trace.stream_open = True
+        finish_reason: str | None = None
+        stream = self.backend.stream(request)
+        try:
+            # Hot path: one iteration per delta. Keep it to appends, one counter, one check.
+            ids_extend = trace.token_ids.extend
+            chunks_append = trace.chunks.append
+            tracker = trace.tracker
+            if tracker is not None and tracker.complete:
+                tracker = None
+            async for delta in stream:
+                ids = delta.token_ids
+                ids_extend(ids)
+                chunks_append(delta.text)
+                if delta.finish_reason is not None:
+                    finish_reason = delta.finish_reason
+                if trace.abort_requested:
+                    trace.tokens_after_abort += len(ids)
+                    if finish_reason is None and trace.tokens_after_abort > ABORT_SLACK_TOKENS:
+                        finish_reason = "abort"  # the backend ignored the abort: close it ourselves
+                        break
+                elif tracker is not None and tracker.feed(delta.text, len(ids)):
+                    tracker = None
+                    self._on_prefix(trace, ended_early=False)
+                if finish_reason is not None:
+                    break
+        except asyncio.CancelledError:
+            trace.stream_open = False
+            raise
+        except Exception as exc:
+            trace.stream_open = False
+            self._fail(
+                GenerationError(
+                    f"trace {trace.trace_id} failed mid-stream after "
+                    f"{len(trace.token_ids)} tokens: {exc!r}"
+                ),
+                cause=exc,
+            )
+            return
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        trace.stream_open = False
+        self._on_stream_end(trace, finish_reason)
+
+    def _on_prefix(self, trace: _TraceRun, *, ended_early: bool) -> None:
+        assert trace.tracker is not None
+        prefix = trace.tracker.prefix_text if not ended_early else trace.tracker.close()
+        trace.prefix_tokens = trace.tracker.tokens
+        self._emit(
+            PrefixReached,
+            trace_id=trace.trace_id,
+            prefix_tokens=trace.tracker.tokens,
+            ended_early=ended_early,
+        )
+        self._execute(self.controller.on_prefix(trace.trace_id, prefix or ""))
+
+    def _on_stream_end(self, trace: _TraceRun, finish_reason: str | None) -> None:
+        if finish_reason == "abort" or (finish_reason is None and trace.abort_requested):
+            if not trace.abort_requested:
+                self._fail(GenerationError(f"backend aborted trace {trace.trace_id} on its own"))
+            return
+        trace.finish_reason = finish_reason or "stop"
+        if trace.tracker is not None and not trace.tracker.complete:
+            self._on_prefix(trace, ended_early=True)
+        actions = self.controller.on_finished(trace.trace_id, trace.text, trace.finish_reason)
+        self._emit(
+            TraceFinished,
+            trace_id=trace.trace_id,
+            answer=self.controller.traces[trace.trace_id].answer,
+            finish_reason=trace.finish_reason,
+            tokens_decoded=len(trace.token_ids),
+        )
+        self._execute(actions)
+
+    # ------------------------------------------------------------------------------------------
+    # Judge
+
+    async def _score(self, action: ScorePairs) -> None:
+        assert self.judge is not None
+        started = time.perf_counter()
+        try:
+            scores = await self.judge.score(action.pairs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._judge_calls += 1
+            self._judge_time += time.perf_counter() - started
+            self._execute(self.controller.on_judge_failed(action.request_id, repr(exc)))
+            return
+        seconds = time.perf_counter() - started
+        self._judge_calls += 1
+        self._judge_pairs += len(action.pairs)
+        self._judge_prefill += int(scores.prefill_tokens)
+        self._judge_time += seconds
+        self._emit(
+            JudgeScored,
+            trace_id=action.trace_id,
+            pairs=len(action.pairs),
+            prefill_tokens=int(scores.prefill_tokens),
+            seconds=seconds,
+        )
+        self._execute(self.controller.on_judged(action.request_id, list(scores.probabilities)))
+
+    # ------------------------------------------------------------------------------------------
+    # Failure and shutdown
+
+    def _fail(self, error: DeepPruneError, cause: BaseException | None = None) -> None:
+        if self._failure is None:
+            if cause is not None:
+                error.__cause__ = cause
+            self._failure = error
+            self._execute(self.controller.abort_all("error"))
+        self._done.set()
+
+    async def _shutdown(self, reason: str) -> None:
+        """Abort every request still open, then wait for (or cancel) every task we started."""
+        if not self.controller.done:
+            self._execute(self.controller.abort_all(reason))
+        for trace in self.traces:
+            if trace.stream_open and trace.request_id is not None:
+                trace.abort_requested = True
+                with contextlib.suppress(Exception):
+                    await self.backend.abort(trace.request_id)
+        tasks = [t.task for t in self.traces if t.task is not None and not t.task.done()]
+        tasks += [t for t in self._aux_tasks if not t.done() and t is not asyncio.current_task()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=ABORT_GRACE_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    # ------------------------------------------------------------------------------------------
+    # Events and results
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def _emit(self, event_type: type[DeepPruneEvent], **fields: object) -> None:
+        if not self.listeners:
+            return
+        event = event_type(run_id=self.run_id, elapsed_s=self._elapsed(), **fields)
+        for listener in self.listeners:
+            listener(event)
+
+    def _build_result(self) -> DeepPruneResult:
+        controller = self.controller
+        outcome = controller.outcome
+        reports: list[TraceReport] = []
+        finished_lengths: list[int] = []
+        for trace, state in zip(self.traces, controller.traces, strict=True):
+            if state.status is None:
+                continue  # never sampled (ESC stopped before this window)
+            if state.status == "finished":
+                finished_lengths.append(len(trace.token_ids))
+            reports.append(
+                TraceReport(
+                    trace_id=trace.trace_id,
+                    status=state.status,
+                    cluster_id=state.cluster_id,
+                    tokens_decoded=len(trace.token_ids),
+                    tokens_prefilled_on_resume=trace.resume_prefill_tokens,
+                    tokens_after_abort=trace.tokens_after_abort,
+                    prefix_tokens=trace.prefix_tokens,
+                    clustered_at_s=trace.clustered_at_s,
+                    cluster_score=state.cluster_score,
+                    finish_reason=trace.finish_reason,
+                    answer=state.answer,
+                    resumed=state.resumed,
+                    voted=state.voted,
+                )
+            )
+        decoded = sum(len(t.token_ids) for t in self.traces)
+        estimated = (
+            controller.n_traces * sum(finished_lengths) / len(finished_lengths)
+            if finished_lengths
+            else None
+        )
+        try:
+            prompt_tokens = self.backend.count_prompt_tokens(self.prompt)
+        except Exception:
+            prompt_tokens = 0
+        totals = RunTotals(
+            n_traces=controller.n_traces,
+            prompt_tokens=prompt_tokens,
+            decoded_tokens=decoded,
+            resume_prefill_tokens=sum(t.resume_prefill_tokens for t in self.traces),
+            estimated_full_tokens=estimated,
+            token_savings=(1.0 - decoded / estimated) if estimated else None,
+            judge_calls=self._judge_calls,
+            judge_pairs=self._judge_pairs,
+            judge_prefill_tokens=self._judge_prefill,
+            judge_time_s=self._judge_time,
+            wall_time_s=self._elapsed(),
+        )
+        winner = outcome.winning_trace if outcome else None
+        fallback = outcome.fallback if outcome else None
+        error = str(self._failure) if self._failure else None
+        if isinstance(controller, DeepPruneController) and controller.fallback_detail:
+            error = error or f"judge error: {controller.fallback_detail}"
+        return DeepPruneResult(
+            method=controller.method,
+            policy=self.policy,
+            answer=outcome.answer if outcome else None,
+            text=self.traces[winner].text if winner is not None else None,
+            winning_trace=winner,
+            votes=list(outcome.votes) if outcome else [],
+            clusters=controller.cluster_reports(),
+            traces=reports,
+            totals=totals,
+            fallback=fallback,
+            error=error,
+        )
+
+
+async def iterate_events(
+    start: Callable[[EventListener], asyncio.Future[DeepPruneResult]],
+) -> AsyncIterator[DeepPruneEvent]:
+    """Turn a listener-based run into an async iterator of its events.
+
+    The run executes in its own task; closing the iterator early cancels it, which aborts every
+    live request. A failed run's error is raised after the events that led up to it.
+    """
+    queue: asyncio.Queue[DeepPruneEvent | None] = asyncio.Queue()
+    task = start(queue.put_nowait)
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while True:
+            event = await queue.get()
+            if event is None:
+                break
+            yield event
+        task.result()  # re-raise the run's failure, if any
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,106 @@
+"""The two ports between the DeepPrune driver and the outside world.
+
+``GenerationBackend`` is anything that can start, stream and abort a trace (vLLM, transformers, a
+vLLM server, the replay backend). ``Judge`` is anything that scores prefix pairs. Both are Protocols, so
+adapters need no base class and the core never imports an engine.
+
+The per-token types (``TraceDelta``) are plain slotted dataclasses, not pydantic models: a run streams
+hundreds of thousands of them and validation on that path would cost more than the work itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from deepprune_lc.config import SamplingConfig
+
+#: A prompt is either plain text or chat messages ``[{"role": ..., "content": ...}, ...]``; backends
+#: that serve chat models apply the model's chat template to the latter.
+Prompt = str | Sequence[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    """Start (or resume) one trace.
+
+    ``resume_token_ids`` are the exact token ids the trace produced before it was parked. A backend
+    resumes by submitting prompt + these ids (a prefix-cache hit on a real engine); it never
+    re-tokenises text, which could change the ids and break the continuation.
+    """
+
+    request_id: str
+    trace_index: int
+    prompt: Prompt
+    sampling: SamplingConfig
+    seed: int
+    resume_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class TraceDelta:
+    """New output of one trace since the previous delta.
+
+    ``finish_reason`` is set on the last delta only: ``"stop"`` (end of sequence or a stop string),
+    ``"length"`` (max_tokens reached) or ``"abort"`` (the request was aborted). ``logprobs`` holds, per
+    new token, the top-k log-probabilities when the backend was asked for them.
+    """
+
+    token_ids: Sequence[int]
+    text: str
+    finish_reason: str | None = None
+    logprobs: Sequence[Sequence[float]] | None = None
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """Streams traces and stops them on request."""
+
+    def stream(self, request: TraceRequest) -> AsyncIterator[TraceDelta]:
+        """Start the request and yield its deltas until it finishes or is aborted.
+
+        After ``abort(request_id)`` the stream must end (its last delta carrying
+        ``finish_reason="abort"``) and yield nothing the engine did not actually produce.
+        """
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop decoding the request as soon as possible. Aborting a finished request is a no-op."""
+        ...
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        """Tokens the prompt occupies (for usage reporting)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixPair:
+    """Two trace prefixes the judge should compare."""
+
+    trace_a: int
+    trace_b: int
+    prefix_a: str
+    prefix_b: str
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeScores:
+    """The judge's answer for a batch of pairs.
+
+    ``probabilities[i]`` is P(both traces of pair i end in the same answer). ``prefill_tokens`` is what
+    the judge had to read to decide (0 for judges that run no model), so a run can report judge cost.
+    """
+
+    probabilities: Sequence[float]
+    prefill_tokens: int = 0
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Predicts whether two traces will reach the same final answer from their prefixes."""
+
+    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        """Score every pair; ``len(result.probabilities) == len(pairs)``."""
+        ...

@@ -1,0 +1,163 @@
+"""Public entry points: ``DeepPrune`` and the baselines it is measured against.
+
+Each is a thin, reusable object holding a backend, a judge and validated configs. Every ``run`` builds
+a fresh controller and driver, so one instance serves many questions, sequentially or concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from deepprune_lc.answers import AnswerRules
+from deepprune_lc.config import EarlyStoppingConfig, PruningConfig, SamplingConfig
+from deepprune_lc.controller import (
+    Controller,
+    DeepPruneController,
+    EarlyStoppingController,
+    SelfConsistencyController,
+)
+from deepprune_lc.driver import Driver, iterate_events, validate_prompt
+from deepprune_lc.events import DeepPruneEvent, EventListener
+from deepprune_lc.ports import GenerationBackend, Judge, Prompt
+from deepprune_lc.result import DeepPruneResult
+
+
+def _require_backend(backend: object) -> GenerationBackend:
+    if not isinstance(backend, GenerationBackend):
+        raise TypeError(
+            f"backend: {type(backend).__name__} does not implement GenerationBackend "
+            "(stream, abort, count_prompt_tokens)"
+        )
+    return backend
+
+
+class _ParallelRunner:
+    """Shared surface of every method: ``run`` for a result, ``stream`` for its events."""
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        *,
+        sampling: SamplingConfig | None,
+        answers: AnswerRules | str | None,
+    ) -> None:
+        self.backend = _require_backend(backend)
+        self.sampling = sampling if sampling is not None else SamplingConfig()
+        self.answers = AnswerRules.resolve(answers)
+
+    def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
+        raise NotImplementedError
+
+    async def run(
+        self, prompt: Prompt, *, listeners: Sequence[EventListener] = ()
+    ) -> DeepPruneResult:
+        """Answer ``prompt``; raises ``DeepPruneError`` (with ``partial_result``) on failure."""
+        return await self._driver(validate_prompt(prompt), listeners).run()
+
+    def stream(self, prompt: Prompt) -> AsyncIterator[DeepPruneEvent]:
+        """Yield the run's events as they happen; the last one is ``RunCompleted``."""
+        driver_prompt = validate_prompt(prompt)
+
+        def start(listener: EventListener) -> asyncio.Future[DeepPruneResult]:
+            return asyncio.ensure_future(self._driver(driver_prompt, [listener]).run())
+
+        return iterate_events(start)
+
+
+class DeepPrune(_ParallelRunner):
+    """Parallel reasoning that stops redundant traces early (Tu et al., 2025).
+
+    >>> result = await DeepPrune(backend, judge, PruningConfig(n_traces=8)).run("What is 6 * 7?")
+    >>> result.answer, result.totals.token_savings
+    """
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        judge: Judge,
+        config: PruningConfig | None = None,
+        *,
+        sampling: SamplingConfig | None = None,
+        answers: AnswerRules | str | None = None,
+    ) -> None:
+        super().__init__(backend, sampling=sampling, answers=answers)
+        if not isinstance(judge, Judge):
+            raise TypeError(f"judge: {type(judge).__name__} does not implement Judge (score)")
+        self.judge = judge
+        self.config = config if config is not None else PruningConfig()
+
+    def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
+        controller = DeepPruneController(self.config, self.answers)
+        return Driver(
+            self.backend,
+            self.judge,
+            controller,
+            prompt=prompt,
+            sampling=self.sampling,
+            prefix_policy=self.config.prefix,
+            seed=self.config.seed,
+            deadline_s=self.config.deadline_s,
+            listeners=listeners,
+            policy=self.config.policy,
+        )
+
+
+class SelfConsistency(_ParallelRunner):
+    """Baseline cons@N: all N traces finish; majority vote over equivalent answers."""
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        n_traces: int = 16,
+        *,
+        sampling: SamplingConfig | None = None,
+        answers: AnswerRules | str | None = None,
+        seed: int = 0,
+        deadline_s: float | None = None,
+    ) -> None:
+        super().__init__(backend, sampling=sampling, answers=answers)
+        # Reuse PruningConfig's validation for the shared fields.
+        checked = PruningConfig(n_traces=n_traces, seed=seed, deadline_s=deadline_s)
+        self.n_traces, self.seed, self.deadline_s = checked.n_traces, checked.seed, deadline_s
+
+    def _controller(self) -> Controller:
+        return SelfConsistencyController(self.n_traces, self.answers)
+
+    def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
+        return Driver(
+            self.backend,
+            None,
+            self._controller(),
+            prompt=prompt,
+            sampling=self.sampling,
+            prefix_policy=None,
+            seed=self.seed,
+            deadline_s=self.deadline_s,
+            listeners=listeners,
+        )
+
+
+class EarlyStoppingSelfConsistency(SelfConsistency):
+    """Baseline ESC (Li et al., 2024): windows of w traces, stop at the first unanimous window."""
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        config: EarlyStoppingConfig | None = None,
+        *,
+        sampling: SamplingConfig | None = None,
+        answers: AnswerRules | str | None = None,
+    ) -> None:
+        self.esc_config = config if config is not None else EarlyStoppingConfig()
+        super().__init__(
+            backend,
+            self.esc_config.n_traces,
+            sampling=sampling,
+            answers=answers,
+            seed=self.esc_config.seed,
+            deadline_s=self.esc_config.deadline_s,
+        )
+
+    def _controller(self) -> Controller:
+        return EarlyStoppingController(self.esc_config, self.answers)
