@@ -113,6 +113,14 @@ class PruningConfig(_Frozen):
     finalists: int = Field(
         20, ge=1, description="K2: traces of the winning cluster that finish and vote (MV)."
     )
+    max_judge_batch: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Traces clustered per judge request when several wait at once (1 = the paper's strictly "
+            "one-at-a-time clustering; larger keeps a slow judge from falling behind the engine)."
+        ),
+    )
     policy: Literal["majority", "diverse"] = "majority"
     on_judge_error: Literal["fallback", "raise"] = "fallback"
     seed: int = Field(0, ge=0, description="Seeds the run's RNG and every trace's sampling seed.")

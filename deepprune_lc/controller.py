@@ -34,10 +34,13 @@ class StartTrace:
 
 @dataclass(frozen=True, slots=True)
 class ScorePairs:
-    """Ask the judge about ``pairs`` (all for ``trace_id``); answer with ``on_judged(request_id)``."""
+    """Ask the judge about ``pairs``; answer with ``on_judged(request_id, probabilities)``.
+
+    ``trace_ids`` are the traces being clustered by this request, in arrival order.
+    """
 
     request_id: int
-    trace_id: int
+    trace_ids: tuple[int, ...]
     pairs: tuple[PrefixPair, ...]
 
 
@@ -141,8 +144,11 @@ class Outcome:
 @dataclass(slots=True)
 class _PendingJudgement:
     request_id: int
-    trace_id: int
-    cluster_ids: tuple[int, ...]  # cluster of each pair, in pair order
+    trace_ids: tuple[int, ...]
+    #: Per pair, in pair order: (trace being clustered, target). A target >= 0 is an existing
+    #: cluster id; a target < 0 is ``-(t + 1)`` for an earlier trace ``t`` of the same batch, which
+    #: stands for the cluster ``t`` founds if it founds one.
+    targets: tuple[tuple[int, int], ...]
 
 
 class Controller:
@@ -377,21 +383,39 @@ class DeepPruneController(Controller):
         if problem is not None:
             return self.on_judge_failed(request_id, problem)
         self._pending = None
-        scores: dict[int, list[float]] = {}
-        for cluster_id, p in zip(pending.cluster_ids, probabilities, strict=True):
-            scores.setdefault(cluster_id, []).append(float(p))
+        per_trace: dict[int, dict[int, list[float]]] = {t: {} for t in pending.trace_ids}
+        for (trace_id, target), p in zip(pending.targets, probabilities, strict=True):
+            per_trace[trace_id].setdefault(target, []).append(float(p))
+        founded_in_batch: dict[int, int] = {}  # batch trace -> the cluster it founded
+        actions: list[Action] = []
+        for trace_id in pending.trace_ids:
+            if self.phase != "sampling":
+                break  # finalised mid-batch: the rest were aborted as unclustered
+            scores: dict[int, list[float]] = {}
+            for target, ps in per_trace[trace_id].items():
+                cluster_id = target if target >= 0 else founded_in_batch.get(-target - 1)
+                if cluster_id is not None:
+                    scores.setdefault(cluster_id, []).extend(ps)
+            n_clusters = len(self.clusters)
+            actions += self._place(trace_id, scores)
+            if len(self.clusters) > n_clusters:
+                founded_in_batch[trace_id] = self.clusters[-1].cluster_id
+            actions += self._maybe_finalise()
+        return actions + self._pump()
+
+    def _place(self, trace_id: int, scores: dict[int, list[float]]) -> list[Action]:
+        """Join the best-scoring cluster if its mean score is > tau, else found (or forced join)."""
+        if not scores:  # nothing to compare with (first trace of the run)
+            return self._found(trace_id, None)
         # Best mean score; ties go to the older cluster (lower id).
         best_id, best = max(
             ((cid, sum(ps) / len(ps)) for cid, ps in scores.items()), key=lambda x: (x[1], -x[0])
         )
-        trace_id = pending.trace_id
         if best > self.config.threshold:
-            actions = self._join(trace_id, best_id, best, forced=False)
-        elif len(self.clusters) < self.config.max_clusters:
-            actions = self._found(trace_id, best)
-        else:
-            actions = self._join(trace_id, best_id, best, forced=True)
-        return actions + self._after_clustering()
+            return self._join(trace_id, best_id, best, forced=False)
+        if len(self.clusters) < self.config.max_clusters:
+            return self._found(trace_id, best)
+        return self._join(trace_id, best_id, best, forced=True)
 
     def on_judge_failed(self, request_id: int, reason: str) -> list[Action]:
         pending = self._pending
@@ -399,7 +423,8 @@ class DeepPruneController(Controller):
             return []
         self._pending = None
         if self.config.on_judge_error == "raise":
-            return [FailRun(f"judge failed while clustering trace {pending.trace_id}: {reason}")]
+            traces = ", ".join(map(str, pending.trace_ids))
+            return [FailRun(f"judge failed while clustering trace(s) {traces}: {reason}")]
         # Fallback: stop pruning. Traces that are running finish; parked ones stay pruned.
         self.phase = "fallback"
         self.fallback_detail = reason
@@ -408,28 +433,51 @@ class DeepPruneController(Controller):
 
     # -- clustering --------------------------------------------------------------------------------
     def _pump(self) -> list[Action]:
-        """Cluster queued traces in arrival order, one judge request at a time."""
+        """Send the queued traces, in arrival order, to the judge: one request in flight at a time.
+
+        Up to ``max_judge_batch`` queued traces go in one request. Each is compared with at most K1
+        members drawn from every existing cluster and with the earlier traces of its batch (each of
+        which may found a cluster), so batching never changes how many clusters a trace is weighed
+        against, and pairs per trace stay <= K * K1. With ``max_judge_batch=1`` this is exactly the
+        paper's one-trace-at-a-time greedy clustering.
+        """
+        if self._pending is not None or not self._queue or self.phase != "sampling":
+            return []
         actions: list[Action] = []
-        while self._pending is None and self._queue and self.phase == "sampling":
-            trace_id = self._queue.popleft()
-            if not self.clusters:
-                actions += self._found(trace_id, None)
-                actions += self._after_clustering(pump=False)
-                continue
-            pairs: list[PrefixPair] = []
-            cluster_ids: list[int] = []
+        if not self.clusters:  # the first trace founds cluster 0 without asking anyone
+            actions += self._found(self._queue.popleft(), None)
+            actions += self._maybe_finalise()
+            if not self._queue or self.phase != "sampling":
+                return actions
+        batch: list[int] = []
+        while self._queue and len(batch) < self.config.max_judge_batch:
+            batch.append(self._queue.popleft())
+        k1 = self.config.cluster_sample
+        samples = [
+            (c.cluster_id, self.rng.sample(c.members, min(k1, len(c.members))))
+            for c in self.clusters
+        ]
+        # Only the first (K - existing clusters) traces of a batch could found a cluster.
+        may_found = max(0, self.config.max_clusters - len(self.clusters))
+        pairs: list[PrefixPair] = []
+        targets: list[tuple[int, int]] = []
+        for position, trace_id in enumerate(batch):
             prefix = self.traces[trace_id].prefix or ""
-            for cluster in self.clusters:
-                k = min(self.config.cluster_sample, len(cluster.members))
-                for member in self.rng.sample(cluster.members, k):
+            for cluster_id, members in samples:
+                for member in members:
                     pairs.append(
                         PrefixPair(trace_id, member, prefix, self.traces[member].prefix or "")
                     )
-                    cluster_ids.append(cluster.cluster_id)
-            self._request_counter += 1
-            self._pending = _PendingJudgement(self._request_counter, trace_id, tuple(cluster_ids))
-            self.judge_pairs += len(pairs)
-            actions.append(ScorePairs(self._request_counter, trace_id, tuple(pairs)))
+                    targets.append((trace_id, cluster_id))
+            for earlier in batch[: min(position, may_found)]:
+                pairs.append(
+                    PrefixPair(trace_id, earlier, prefix, self.traces[earlier].prefix or "")
+                )
+                targets.append((trace_id, -earlier - 1))
+        self._request_counter += 1
+        self._pending = _PendingJudgement(self._request_counter, tuple(batch), tuple(targets))
+        self.judge_pairs += len(pairs)
+        actions.append(ScorePairs(self._request_counter, tuple(batch), tuple(pairs)))
         return actions
 
     def _found(self, trace_id: int, score: float | None) -> list[Action]:
@@ -452,12 +500,6 @@ class DeepPruneController(Controller):
         if state.status == "running":
             state.status = "parked"
             actions.append(ParkTrace(trace_id, cluster_id))
-        return actions
-
-    def _after_clustering(self, *, pump: bool = True) -> list[Action]:
-        actions = self._maybe_finalise()
-        if pump:
-            actions += self._pump()
         return actions
 
     def _unclustered(self) -> int:
@@ -567,9 +609,9 @@ class DeepPruneController(Controller):
     # -- validation and reports ----------------------------------------------------------------------
     @staticmethod
     def _invalid_scores(pending: _PendingJudgement, probabilities: Sequence[float]) -> str | None:
-        if len(probabilities) != len(pending.cluster_ids):
+        if len(probabilities) != len(pending.targets):
             return (
-                f"judge returned {len(probabilities)} scores for {len(pending.cluster_ids)} pairs"
+                f"judge returned {len(probabilities)} scores for {len(pending.targets)} pairs"
             )
         for p in probabilities:
             try:

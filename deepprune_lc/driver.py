@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
 from deepprune_lc.config import PrefixPolicy, SamplingConfig
@@ -261,10 +261,21 @@ class Driver:
         except Exception as exc:
             self._fail(GenerationError(f"backend failed to abort request {request_id}: {exc!r}"))
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(coro))
         self._aux_tasks.add(task)
         task.add_done_callback(self._aux_tasks.discard)
+
+    async def _guarded(self, coro: Coroutine[object, object, None]) -> None:
+        """Run a helper task; a bug in it fails the run loudly instead of hanging it."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(
+                DeepPruneError(f"internal error in the DeepPrune driver: {exc!r}"), cause=exc
+            )
 
     # ------------------------------------------------------------------------------------------
     # Streams
@@ -321,17 +332,21 @@ class Driver:
                 ids = delta.token_ids
                 ids_extend(ids)
                 chunks_append(delta.text)
-                if delta.finish_reason is not None:
-                    finish_reason = delta.finish_reason
+                if tracker is None and delta.finish_reason is None and not trace.abort_requested:
+                    continue  # the common case once the prefix is known: nothing to decide
                 if trace.abort_requested:
                     trace.tokens_after_abort += len(ids)
-                    if finish_reason is None and trace.tokens_after_abort > ABORT_SLACK_TOKENS:
+                    if (
+                        delta.finish_reason is None
+                        and trace.tokens_after_abort > ABORT_SLACK_TOKENS
+                    ):
                         finish_reason = "abort"  # the backend ignored the abort: close it ourselves
                         break
                 elif tracker is not None and tracker.feed(delta.text, len(ids)):
                     tracker = None
                     self._on_prefix(trace, ended_early=False)
-                if finish_reason is not None:
+                if delta.finish_reason is not None:
+                    finish_reason = delta.finish_reason
                     break
         except asyncio.CancelledError:
             trace.stream_open = False
@@ -406,7 +421,7 @@ class Driver:
         self._judge_time += seconds
         self._emit(
             JudgeScored,
-            trace_id=action.trace_id,
+            trace_ids=list(action.trace_ids),
             pairs=len(action.pairs),
             prefill_tokens=int(scores.prefill_tokens),
             seconds=seconds,

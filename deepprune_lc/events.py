@@ -45,7 +45,7 @@ class PrefixReached(DeepPruneEvent):
 
 class JudgeScored(DeepPruneEvent):
     name: ClassVar[str] = "deepprune.judge_scored"
-    trace_id: int
+    trace_ids: list[int]
     pairs: int
     prefill_tokens: int
     seconds: float

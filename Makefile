@@ -1,0 +1,41 @@
+# Everything a user or CI needs, with its own set-up: `make demo`, `make test`.
+# The virtual environment is built on first use and rebuilt when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck bench bench-replay bench-driver clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/deepprune demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check deepprune_lc tests benchmarks examples
+	$(BIN)/ruff format --check deepprune_lc tests benchmarks examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench-replay: $(STAMP)
+	$(BIN)/deepprune bench replay --pool ../shared/data/traces/qwen25math_cot8_dev.jsonl
+
+bench-driver: $(STAMP)
+	$(BIN)/deepprune bench driver
+
+bench: bench-replay bench-driver
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info
