@@ -1,0 +1,125 @@
+"""Reproduce the calibration numbers in ``deepprune_lc/judges/lexical.py``.
+
+For every problem of the development pool, every pair of its traces becomes one example: the
+prefixes are the first ``--prefix-tokens`` tokens of ``RegexTokenizer`` (a stand-in for the paper's 25
+reasoning words) and the label is whether the two recorded reference answers are equal strings. The
+script prints the AUROC of the raw Jaccard similarity for a few n-gram sizes, the similarity
+quartiles, the threshold that balances TPR and TNR, and where the chosen defaults put the pairs.
+
+    .venv/bin/python -m benchmarks.judge_calibration [--pool PATH] [--prefix-tokens 120]
+
+(run from the project root; ``-m`` puts the root on ``sys.path``, so no install is needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig, jaccard, ngram_set
+from deepprune_lc.pool import load_trace_pool
+from deepprune_lc.tokenizer import RegexTokenizer
+
+DEFAULT_POOL = Path(__file__).resolve().parents[2] / "shared/data/traces/qwen25math_cot8_dev.jsonl"
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Probability that a random positive outscores a random negative (ties count one half).
+
+    Rank-based (Mann-Whitney U), O(n log n), pure Python.
+    """
+    if len(scores) != len(labels):
+        raise ValueError("scores and labels differ in length")
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        average = (i + j) / 2 + 1  # 1-based average rank of the tie group
+        for k in range(i, j + 1):
+            ranks[order[k]] = average
+        i = j + 1
+    n_pos = sum(1 for y in labels if y)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both positive and negative labels")
+    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def balanced_threshold(
+    scores: Sequence[float], labels: Sequence[bool]
+) -> tuple[float, float, float]:
+    """Threshold t (predict positive when score > t) minimising |TPR - TNR|; returns (t, TPR, TNR)."""
+    positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
+    best = (0.0, 0.0, 0.0)
+    best_gap = float("inf")
+    for t in sorted(set(scores)):
+        tpr = sum(1 for s in positives if s > t) / len(positives)
+        tnr = sum(1 for s in negatives if s <= t) / len(negatives)
+        gap = abs(tpr - tnr)
+        if gap < best_gap:
+            best, best_gap = (t, tpr, tnr), gap
+    return best
+
+
+def pairs_of(pool_path: Path, prefix_tokens: int) -> tuple[list[tuple[str, str]], list[bool]]:
+    tokenizer = RegexTokenizer()
+    pool = load_trace_pool(pool_path)
+    texts: list[tuple[str, str]] = []
+    labels: list[bool] = []
+    for problem in pool:
+        prefixes = ["".join(tokenizer.split(t.text)[:prefix_tokens]) for t in problem.traces]
+        answers = [t.reference_answer for t in problem.traces]
+        for a, b in itertools.combinations(range(len(prefixes)), 2):
+            texts.append((prefixes[a], prefixes[b]))
+            labels.append(answers[a] == answers[b])
+    return texts, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", type=Path, default=DEFAULT_POOL)
+    parser.add_argument("--prefix-tokens", type=int, default=120)
+    args = parser.parse_args()
+
+    texts, labels = pairs_of(args.pool, args.prefix_tokens)
+    n_pos = sum(labels)
+    print(f"pool: {args.pool}")
+    print(f"pairs: {len(labels)}  same-answer: {n_pos} ({n_pos / len(labels):.1%})")
+    print(f"prefix: first {args.prefix_tokens} tokens of RegexTokenizer")
+
+    for n in (1, 2, 3):
+        sims = [jaccard(ngram_set(a, n), ngram_set(b, n)) for a, b in texts]
+        print(f"n={n}: AUROC of raw Jaccard similarity = {auroc(sims, labels):.3f}")
+
+    defaults = LexicalJudgeConfig()
+    judge = LexicalJudge(defaults)
+    sims = [judge.similarity(a, b) for a, b in texts]
+    q1, median, q3 = statistics.quantiles(sims, n=4)
+    t, tpr, tnr = balanced_threshold(sims, labels)
+    print(f"default n={defaults.ngram}: quartiles {q1:.3f} / {median:.3f} / {q3:.3f}")
+    print(f"balanced threshold: sim > {t:.3f}  (TPR {tpr:.3f}, TNR {tnr:.3f})")
+    print(
+        f"defaults: midpoint={defaults.midpoint} slope={defaults.slope} -> "
+        f"p(q1)={judge.probability(q1):.2f} p(median)={judge.probability(median):.2f} "
+        f"p(q3)={judge.probability(q3):.2f}"
+    )
+    probs = [judge.probability(s) for s in sims]
+    above = [p > 0.5 for p in probs]
+    tpr_d = sum(1 for a, y in zip(above, labels, strict=True) if a and y) / n_pos
+    tnr_d = sum(1 for a, y in zip(above, labels, strict=True) if not a and not y) / (
+        len(labels) - n_pos
+    )
+    print(f"at tau=0.5 with defaults: TPR {tpr_d:.3f}, TNR {tnr_d:.3f}")
+    print(f"AUROC of judge probabilities: {auroc(probs, labels):.3f}")
+
+
+if __name__ == "__main__":
+    main()

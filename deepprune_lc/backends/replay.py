@@ -1,0 +1,411 @@
+"""``ReplayBackend``: a ``GenerationBackend`` that plays recorded traces back token by token.
+
+Why: DeepPrune's behaviour (which traces get pruned, what the vote says, how many tokens are saved)
+depends on real traces, but producing them needs a GPU. Replaying a ``TracePool`` gives the driver the
+same stream/abort/resume contract a real engine has, deterministically and on any machine, so the
+driver, the tests and the benchmarks exercise the real control flow without a model.
+
+Contract, mirroring an engine:
+
+* the prompt selects the problem (``TracePool.find_by_prompt``; chat prompts use the last user
+  message) and ``trace_index`` selects the recorded trace (modulo the number recorded, unless
+  ``reuse="error"``);
+* one ``TraceDelta`` per token; the last token's delta carries ``finish_reason`` (``"stop"``, or
+  ``"length"`` when ``sampling.max_tokens`` cuts the trace; resumed tokens count toward the limit);
+* ``abort(request_id)`` is exact: the flag is checked before every token, so a stream parked at a
+  ``yield`` when it is aborted produces *zero* further tokens and ends with an empty ``"abort"``
+  delta. (A real engine has slack here; the replay has none, which keeps token accounting testable.)
+  A request is live from its first ``__anext__`` until its generator ends; aborting it before it
+  started, after it ended, or under an unknown id does nothing;
+* ``resume_token_ids`` must be a prefix of the trace's ids; the stream continues after them and
+  never re-emits them, as a prefix-cache hit on a real engine would.
+
+Pacing: ``seconds_per_token > 0`` sleeps before each token (a crude model of decode latency); ``0``
+runs as fast as possible but yields to the event loop every ``yield_every`` tokens, so concurrent
+streams interleave as they would on a batching engine instead of finishing one after another.
+
+The per-token path does a set lookup, a slotted-dataclass construction and a yield; token ids are
+tokenised once per (problem, trace) and kept as pre-built 1-tuples, so a delta allocates nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections import Counter
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from deepprune_lc.pool import PoolProblem, PoolTrace, TracePool
+from deepprune_lc.ports import Prompt, TraceDelta, TraceRequest
+from deepprune_lc.tokenizer import RegexTokenizer
+
+__all__ = ["ReplayBackend"]
+
+_PROMPT_CACHE_LIMIT = 1024
+#: Sentences (about 12 tokens each) that synthetic traces with the same answer share at the start.
+_OPENING_SENTENCES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class _Tokens:
+    """A trace tokenised once: ids, 1-tuples of ids (what deltas carry) and piece texts."""
+
+    ids: tuple[int, ...]
+    singles: tuple[tuple[int], ...]
+    pieces: tuple[str, ...]
+
+    @classmethod
+    def of(cls, ids: Sequence[int], pieces: Sequence[str]) -> _Tokens:
+        return cls(tuple(ids), tuple((i,) for i in ids), tuple(pieces))
+
+
+class ReplayBackend:
+    """Replays a ``TracePool`` through the ``GenerationBackend`` protocol (see module docstring)."""
+
+    def __init__(
+        self,
+        pool: TracePool,
+        *,
+        tokenizer: RegexTokenizer | None = None,
+        seconds_per_token: float = 0.0,
+        yield_every: int = 16,
+        reuse: Literal["error", "cycle"] = "cycle",
+    ) -> None:
+        if not isinstance(pool, TracePool):
+            raise ValueError(f"pool: expected a TracePool, got {type(pool).__name__}")
+        if len(pool) == 0:
+            raise ValueError("pool: the trace pool has no problems")
+        if isinstance(seconds_per_token, bool) or not isinstance(seconds_per_token, int | float):
+            raise ValueError("seconds_per_token: must be a number")
+        if not math.isfinite(seconds_per_token) or seconds_per_token < 0:
+            raise ValueError(
+                f"seconds_per_token: must be finite and >= 0, got {seconds_per_token!r}"
+            )
+        if isinstance(yield_every, bool) or not isinstance(yield_every, int) or yield_every < 1:
+            raise ValueError(f"yield_every: must be an integer >= 1, got {yield_every!r}")
+        if reuse not in ("error", "cycle"):
+            raise ValueError(f"reuse: must be 'error' or 'cycle', got {reuse!r}")
+        self.pool = pool
+        self.tokenizer: RegexTokenizer = tokenizer if tokenizer is not None else RegexTokenizer()
+        self.seconds_per_token = float(seconds_per_token)
+        self.yield_every = yield_every
+        self.reuse: Literal["error", "cycle"] = reuse
+        self._tokens: dict[tuple[str, int], _Tokens] = {}
+        self._prompts: dict[str, PoolProblem] = {}
+        self._live: set[str] = set()
+        self._aborted: set[str] = set()
+
+    # ------------------------------------------------------------------ protocol
+
+    def stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        """Replay the selected trace as one delta per token (see the module docstring).
+
+        Returns the async generator itself (a subtype of the protocol's ``AsyncIterator``), so a
+        caller that stops early can ``aclose()`` it and the request is released at once.
+        """
+        return self._stream(request)
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a live request before its next token; a no-op for unknown or finished ones."""
+        if request_id in self._live:
+            self._aborted.add(request_id)
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        """Prompt tokens by this backend's tokenizer (chat: the sum over message contents)."""
+        if isinstance(prompt, str):
+            return self.tokenizer.count(prompt)
+        return sum(self.tokenizer.count(message.get("content", "")) for message in prompt)
+
+    # ------------------------------------------------------------------ inspection
+
+    def live_requests(self) -> set[str]:
+        """Ids of requests started and not yet ended (a copy), so tests can check for leaks."""
+        return set(self._live)
+
+    def problem_for(self, prompt: Prompt) -> PoolProblem:
+        """The pool problem a prompt selects; ``ValueError`` when the pool does not hold it."""
+        text = _prompt_text(prompt)
+        problem = self._prompts.get(text)
+        if problem is None:
+            problem = self.pool.find_by_prompt(text)
+            if problem is None:
+                head = text.strip()[:60]
+                raise ValueError(f"prompt not found in replay pool {self.pool.source}: {head!r}...")
+            if len(self._prompts) >= _PROMPT_CACHE_LIMIT:
+                self._prompts.clear()
+            self._prompts[text] = problem
+        return problem
+
+    def trace_token_ids(self, problem_id: str, trace_index: int) -> tuple[int, ...]:
+        """Token ids of a recorded trace as this backend streams them (index taken as given)."""
+        return self._tokens_of(self.pool.by_id(problem_id), trace_index).ids
+
+    # ------------------------------------------------------------------ internals
+
+    def _select(self, problem: PoolProblem, trace_index: int) -> int:
+        n = len(problem.traces)
+        if trace_index < 0:
+            raise ValueError(f"trace_index: must be >= 0, got {trace_index}")
+        if trace_index >= n:
+            if self.reuse == "error":
+                raise ValueError(
+                    f"trace_index: {trace_index} out of range, problem {problem.id!r} of "
+                    f"{self.pool.source} has {n} traces (reuse='error')"
+                )
+            return trace_index % n
+        return trace_index
+
+    def _tokens_of(self, problem: PoolProblem, index: int) -> _Tokens:
+        key = (problem.id, index)
+        tokens = self._tokens.get(key)
+        if tokens is None:
+            pieces = self.tokenizer.split(problem.traces[index].text)
+            tokens = _Tokens.of(self.tokenizer.ids_of(pieces), pieces)
+            self._tokens[key] = tokens
+        return tokens
+
+    async def _stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        request_id = request.request_id
+        if request_id in self._live:
+            raise ValueError(f"request_id: {request_id!r} is already streaming")
+        problem = self.problem_for(request.prompt)
+        index = self._select(problem, request.trace_index)
+        tokens = self._tokens_of(problem, index)
+        start = _check_resume(tokens.ids, request.resume_token_ids, problem.id, index)
+
+        total = len(tokens.ids)
+        end = min(total, request.sampling.max_tokens)
+        reason = "stop" if end == total else "length"
+
+        aborted = self._aborted
+        self._live.add(request_id)
+        try:
+            if start >= end:
+                # Nothing left to produce (resumed at the end, or at/past max_tokens).
+                yield TraceDelta((), "", reason)
+                return
+            singles, pieces = tokens.singles, tokens.pieces
+            last = end - 1
+            delay = self.seconds_per_token
+            if delay > 0:
+                for i in range(start, last):
+                    await asyncio.sleep(delay)
+                    if request_id in aborted:
+                        yield TraceDelta((), "", "abort")
+                        return
+                    yield TraceDelta(singles[i], pieces[i])
+                await asyncio.sleep(delay)
+            else:
+                step = self.yield_every
+                for chunk in range(start, last, step):
+                    if chunk != start:
+                        await asyncio.sleep(0)
+                    for i in range(chunk, min(chunk + step, last)):
+                        if request_id in aborted:
+                            yield TraceDelta((), "", "abort")
+                            return
+                        yield TraceDelta(singles[i], pieces[i])
+            if request_id in aborted:
+                yield TraceDelta((), "", "abort")
+                return
+            yield TraceDelta(singles[last], pieces[last], reason)
+        finally:
+            self._live.discard(request_id)
+            aborted.discard(request_id)
+
+    # ------------------------------------------------------------------ synthetic pools
+
+    @classmethod
+    def synthetic(
+        cls,
+        n_traces: int,
+        tokens_per_trace: int,
+        *,
+        prompt: str = "synthetic",
+        answers: Sequence[str] | None = None,
+        ground_truth: str | None = None,
+        seed: int = 0,
+        tokenizer: RegexTokenizer | None = None,
+        seconds_per_token: float = 0.0,
+        yield_every: int = 16,
+        reuse: Literal["error", "cycle"] = "cycle",
+    ) -> ReplayBackend:
+        """A backend over an in-memory one-problem pool of reasoning-like traces.
+
+        For tests and benchmarks that need many long traces without a recorded pool. Each trace is
+        about ``tokens_per_trace`` tokens (never fewer than its closing sentence) of sentences with
+        reasoning words ("So", "Then", "Wait", "Therefore", ...) and ends with
+        ``\\boxed{<answer>}``, trace ``i`` taking ``answers[i % len(answers)]`` (default all
+        ``"42"``). Like real samples, traces with the same answer share an opening (the same
+        ``_OPENING_SENTENCES`` sentences, each swapped for another with probability 0.1) and then
+        draw most sentences from a bank of their own, so a lexical judge can group them by answer.
+        ``ground_truth`` defaults to the most common answer. Deterministic for a given ``seed``; the
+        traces are tokenised while being built (the streams start warm), which takes well under a
+        second for 512 x 2000 tokens.
+        """
+        if isinstance(n_traces, bool) or not isinstance(n_traces, int) or n_traces < 1:
+            raise ValueError(f"n_traces: must be an integer >= 1, got {n_traces!r}")
+        if (
+            isinstance(tokens_per_trace, bool)
+            or not isinstance(tokens_per_trace, int)
+            or tokens_per_trace < 1
+        ):
+            raise ValueError(f"tokens_per_trace: must be an integer >= 1, got {tokens_per_trace!r}")
+        if not prompt.strip():
+            raise ValueError("prompt: must be non-empty")
+        answer_list = list(answers) if answers is not None else ["42"]
+        if not answer_list:
+            raise ValueError("answers: must be non-empty when given")
+        if ground_truth is None:
+            ground_truth = Counter(answer_list).most_common(1)[0][0]
+
+        tok = tokenizer if tokenizer is not None else RegexTokenizer()
+        rng = random.Random(seed)
+        shared = _sentence_bank(tok, rng, tag=None)
+        banks = {a: _sentence_bank(tok, rng, tag=a) for a in dict.fromkeys(answer_list)}
+        endings = {
+            a: _split_ids(tok, f" Therefore, the final answer is \\boxed{{{a}}}.") for a in banks
+        }
+        openings = {
+            a: [rng.randrange(len(bank)) for _ in range(_OPENING_SENTENCES)]
+            for a, bank in banks.items()
+        }
+
+        traces: list[PoolTrace] = []
+        token_lists: list[_Tokens] = []
+        for i in range(n_traces):
+            answer = answer_list[i % len(answer_list)]
+            own = banks[answer]
+            end_pieces, end_ids = endings[answer]
+            pieces: list[str] = []
+            ids: list[int] = []
+            budget = tokens_per_trace - len(end_ids)
+            opening = openings[answer]
+            n_sentences = 0
+            while len(ids) < budget:
+                if n_sentences < len(opening) and rng.random() < 0.9:
+                    s_pieces, s_ids = own[opening[n_sentences]]
+                else:
+                    bank = own if rng.random() < 0.75 else shared
+                    s_pieces, s_ids = bank[rng.randrange(len(bank))]
+                if n_sentences == 0:
+                    # Drop the sentence's leading space piece so the text does not start with one.
+                    s_pieces, s_ids = _strip_leading_space(tok, s_pieces, s_ids)
+                n_sentences += 1
+                pieces.extend(s_pieces)
+                ids.extend(s_ids)
+            if len(ids) > budget:
+                del pieces[budget:], ids[budget:]
+            if pieces:
+                pieces.extend(end_pieces)
+                ids.extend(end_ids)
+            else:  # a trace shorter than its closing sentence: only the sentence, unindented
+                pieces, ids = _strip_leading_space(tok, end_pieces, end_ids)
+            traces.append(
+                PoolTrace(
+                    text="".join(pieces),
+                    reference_answer=answer,
+                    reference_correct=answer == ground_truth,
+                )
+            )
+            token_lists.append(_Tokens.of(ids, pieces))
+
+        problem = PoolProblem(id="synthetic", problem=prompt, answer=ground_truth, traces=traces)
+        pool = TracePool(problems=[problem], source="<synthetic>")
+        backend = cls(
+            pool,
+            tokenizer=tok,
+            seconds_per_token=seconds_per_token,
+            yield_every=yield_every,
+            reuse=reuse,
+        )
+        for i, tokens in enumerate(token_lists):
+            backend._tokens[(problem.id, i)] = tokens
+        return backend
+
+
+def _prompt_text(prompt: Prompt) -> str:
+    """The text that identifies the problem: the prompt, or the last user message's content."""
+    if isinstance(prompt, str):
+        return prompt
+    for message in reversed(prompt):
+        if message.get("role") == "user":
+            return message.get("content", "")
+    raise ValueError("prompt: chat prompt has no user message")
+
+
+def _check_resume(ids: tuple[int, ...], resume: Sequence[int], problem_id: str, index: int) -> int:
+    """Where a resumed stream continues; ``ValueError`` if ``resume`` is not a prefix of ``ids``."""
+    n = len(resume)
+    if n == 0:
+        return 0
+    if n > len(ids):
+        raise ValueError(
+            f"resume ids do not match trace {index} of problem {problem_id!r}: {n} ids given, "
+            f"the trace has {len(ids)} tokens"
+        )
+    if tuple(resume) != ids[:n]:
+        position = next(i for i in range(n) if resume[i] != ids[i])
+        raise ValueError(
+            f"resume ids do not match trace {index} of problem {problem_id!r} at position {position}"
+        )
+    return n
+
+
+# Sentence templates for synthetic traces. Placeholders: {a}, {b}, {c} numbers, {x} a variable name.
+_TEMPLATES: tuple[str, ...] = (
+    " First, we write down what we know: {x} = {a} and the total is {c}.",
+    " So {a} + {b} = {c}, which means the sum is {c}.",
+    " Then we multiply both sides by {b} to get {x} \\cdot {b} = {c}.",
+    " Wait, let me check that step again, because {a} - {b} is not {c}.",
+    " Therefore {x} must equal {a}, since {c} / {b} = {a}.",
+    " Now substitute {x} = {a} into the second equation.",
+    " Hmm, that gives {a} \\times {b}, so the product is {c}.",
+    " Let's simplify: \\frac{{{a}}}{{{b}}} reduces to {c}.",
+    " But we also need the remainder when {c} is divided by {b}.",
+    " So the equation becomes {x}^2 + {a}{x} - {b} = 0.",
+    " Next, recall that the area is {a} times {b}, that is {c}.",
+    " Then adding {b} more gives {c} in total.",
+    " Wait, actually the question asks for {x}, not the total.",
+    " Therefore the value we need is {c} minus {a}.",
+    " Let me verify: {a} + {b} + {c} gives the same result.",
+    " Since {x} is positive, we keep the root {a}.",
+    " So, step by step, we have {a}, then {b}, then {c}.",
+    " Notice that {c} is divisible by {b}, so {x} is an integer.",
+)
+_VARIABLES = ("x", "y", "n", "k", "m", "t")
+
+
+def _split_ids(tok: RegexTokenizer, text: str) -> tuple[list[str], list[int]]:
+    pieces = tok.split(text)
+    return pieces, tok.ids_of(pieces)
+
+
+def _strip_leading_space(
+    tok: RegexTokenizer, pieces: list[str], ids: list[int]
+) -> tuple[list[str], list[int]]:
+    if pieces and pieces[0].startswith(" "):
+        head = pieces[0][1:]
+        return [head, *pieces[1:]], [*tok.ids_of([head]), *ids[1:]]
+    return pieces, ids
+
+
+def _sentence_bank(
+    tok: RegexTokenizer, rng: random.Random, tag: str | None, size: int = 64
+) -> list[tuple[list[str], list[int]]]:
+    """Pre-tokenised sentences; ``tag`` seeds the numbers so each answer's bank has its own."""
+    local = random.Random(f"{rng.random()}:{tag}")
+    bank: list[tuple[list[str], list[int]]] = []
+    for _ in range(size):
+        template = _TEMPLATES[local.randrange(len(_TEMPLATES))]
+        text = template.format(
+            a=local.randrange(2, 100),
+            b=local.randrange(2, 50),
+            c=local.randrange(10, 1000),
+            x=_VARIABLES[local.randrange(len(_VARIABLES))],
+        )
+        bank.append(_split_ids(tok, text))
+    return bank

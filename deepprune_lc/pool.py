@@ -1,0 +1,209 @@
+"""Trace pools: recorded parallel samples, stored as JSONL, that the replay backend plays back.
+
+Why a pool: DeepPrune's savings and accuracy depend on what real traces look like (how similar their
+openings are, how often they disagree), and generating them needs a GPU. A pool records N sampled
+traces per problem once; replaying it makes runs, tests and benchmarks reproducible on any machine.
+
+Format: one JSON object per line, one problem per line::
+
+    {"id": "p1", "problem": "What is 2+3?", "answer": "5",
+     "traces": [{"text": "... \\\\boxed{5}", "reference_answer": "5", "reference_correct": true}],
+     "level": "Level 1", "source_model": "..."}
+
+``id``, ``problem`` and ``traces`` (a non-empty list of objects with ``text``) are required;
+``answer`` (ground truth), ``reference_answer`` and ``reference_correct`` are optional. Any other
+field is kept, untouched, in ``extra`` and written back by ``write_jsonl``, so a pool survives a
+load/save round trip. Blank lines are skipped. A malformed line raises ``TracePoolError`` naming the
+file, the 1-based line number and the problem (``pool.jsonl:3: traces: Field required``) - a pool is
+hand-edited data, and "validation error somewhere" is useless for fixing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+__all__ = ["PoolProblem", "PoolTrace", "TracePool", "TracePoolError", "load_trace_pool"]
+
+
+class TracePoolError(ValueError):
+    """A trace pool file is malformed; the message names the file and line."""
+
+
+def _collect_extra(cls: type[BaseModel], data: Any) -> Any:
+    """Move unknown keys into ``extra`` so models stay strict about the fields they know."""
+    if not isinstance(data, dict):
+        return data
+    known = set(cls.model_fields) - {"extra"}
+    given = data.get("extra", {})
+    if not isinstance(given, dict):
+        return data  # let validation report "extra: Input should be a valid dictionary"
+    extra = dict(given)
+    unknown = {k: v for k, v in data.items() if k not in known and k != "extra"}
+    if not unknown and "extra" not in data:
+        return data
+    out = {k: v for k, v in data.items() if k in known}
+    extra.update(unknown)
+    out["extra"] = extra
+    return out
+
+
+class _PoolModel(BaseModel):
+    # strict: a pool is data written by tools; "5" where a bool belongs is a bug to report, not coerce.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    extra: dict[str, Any] = Field(default_factory=dict, description="Fields this format ignores.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_extra(cls, data: Any) -> Any:
+        return _collect_extra(cls, data)
+
+    @model_serializer(mode="wrap")
+    def _flatten_extra(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Extra fields go back to the top level, so the JSONL written equals the JSONL read.
+        data: dict[str, Any] = handler(self)
+        extra = data.pop("extra", None) or {}
+        for key, value in extra.items():
+            data.setdefault(key, value)
+        return data
+
+
+class PoolTrace(_PoolModel):
+    """One recorded response."""
+
+    text: str
+    reference_answer: str | None = Field(
+        default=None, description="The publisher's extracted final answer, if recorded."
+    )
+    reference_correct: bool | None = Field(
+        default=None, description="Whether the publisher graded the answer correct, if recorded."
+    )
+
+
+class PoolProblem(_PoolModel):
+    """One problem and its recorded traces."""
+
+    id: str = Field(min_length=1)
+    # Non-empty: an empty problem text would be "contained" in every prompt and match them all.
+    problem: str = Field(min_length=1)
+    answer: str | None = Field(default=None, description="Ground-truth answer, if known.")
+    traces: list[PoolTrace] = Field(min_length=1)
+
+
+class TracePool(BaseModel):
+    """A set of problems with recorded traces, looked up by id or by prompt text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    problems: list[PoolProblem]
+    source: str = Field(
+        default="<memory>", description="Where the pool came from (file path), for messages."
+    )
+
+    _by_id: dict[str, PoolProblem] = PrivateAttr(default_factory=dict)
+    _by_text: dict[str, PoolProblem] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> TracePool:
+        seen: dict[str, PoolProblem] = {}
+        for problem in self.problems:
+            if problem.id in seen:
+                raise ValueError(f"problems: duplicate problem id {problem.id!r}")
+            seen[problem.id] = problem
+        self._by_id = seen
+        self._by_text = {}
+        for problem in self.problems:
+            self._by_text.setdefault(problem.problem.strip(), problem)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def __iter__(self) -> Iterator[PoolProblem]:  # type: ignore[override]
+        # A pool iterates over its problems (not over pydantic field pairs): that is what callers mean.
+        return iter(self.problems)
+
+    def by_id(self, problem_id: str) -> PoolProblem:
+        """The problem with this id; ``KeyError`` naming the pool when absent."""
+        try:
+            return self._by_id[problem_id]
+        except KeyError:
+            raise KeyError(f"problem {problem_id!r} not in trace pool {self.source}") from None
+
+    def find_by_prompt(self, prompt_text: str) -> PoolProblem | None:
+        """The problem a prompt asks, or ``None``.
+
+        A prompt matches a problem when it equals the problem text (after stripping) or contains it,
+        because callers often wrap the problem in instructions or a chat template. When several
+        problems are contained, the longest wins: a short problem can be a substring of a longer one.
+        """
+        text = prompt_text.strip()
+        exact = self._by_text.get(text)
+        if exact is not None:
+            return exact
+        best: PoolProblem | None = None
+        best_len = 0
+        for key, problem in self._by_text.items():
+            if len(key) > best_len and key in text:
+                best, best_len = problem, len(key)
+        return best
+
+    def write_jsonl(self, path: str | os.PathLike[str]) -> None:
+        """Write the pool in the format ``load_trace_pool`` reads (one problem per line)."""
+        with Path(path).open("w", encoding="utf-8") as fh:
+            for problem in self.problems:
+                fh.write(json.dumps(problem.model_dump(), ensure_ascii=False))
+                fh.write("\n")
+
+
+def _describe(error: ValidationError) -> str:
+    """First validation error as ``loc: message`` (``traces.0.text: Field required``)."""
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    return f"{loc}: {first['msg']}" if loc else str(first["msg"])
+
+
+def load_trace_pool(path: str | os.PathLike[str]) -> TracePool:
+    """Read a trace pool JSONL file; ``TracePoolError`` names the file and line of any bad line."""
+    file_path = Path(path)
+    name = str(path)
+    problems: list[PoolProblem] = []
+    first_line: dict[str, int] = {}
+    with file_path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TracePoolError(f"{name}:{lineno}: invalid JSON: {exc.msg}") from exc
+            if not isinstance(data, dict):
+                kind = type(data).__name__
+                raise TracePoolError(f"{name}:{lineno}: expected a JSON object, got {kind}")
+            try:
+                problem = PoolProblem.model_validate(data)
+            except ValidationError as exc:
+                raise TracePoolError(f"{name}:{lineno}: {_describe(exc)}") from exc
+            if problem.id in first_line:
+                raise TracePoolError(
+                    f"{name}:{lineno}: id: duplicate problem id {problem.id!r} "
+                    f"(first on line {first_line[problem.id]})"
+                )
+            first_line[problem.id] = lineno
+            problems.append(problem)
+    return TracePool(problems=problems, source=name)
