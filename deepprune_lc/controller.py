@@ -369,7 +369,7 @@ class DeepPruneController(Controller):
 
     def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
         state = self.traces[trace_id]
-        if self.n_traces == 1 or self.phase != "sampling" or state.prefix is not None:
+        if self.done or self.n_traces == 1 or self.phase != "sampling" or state.prefix is not None:
             return []
         state.prefix = prefix
         self._queue.append(trace_id)
@@ -377,8 +377,8 @@ class DeepPruneController(Controller):
 
     def on_judged(self, request_id: int, probabilities: Sequence[float]) -> list[Action]:
         pending = self._pending
-        if pending is None or pending.request_id != request_id or self.phase != "sampling":
-            return []  # stale: the run moved on (finalised or fell back) while the judge worked
+        if self._is_stale(pending, request_id):
+            return []  # the run moved on (finalised, fell back or ended) while the judge worked
         problem = self._invalid_scores(pending, probabilities)
         if problem is not None:
             return self.on_judge_failed(request_id, problem)
@@ -419,7 +419,7 @@ class DeepPruneController(Controller):
 
     def on_judge_failed(self, request_id: int, reason: str) -> list[Action]:
         pending = self._pending
-        if pending is None or pending.request_id != request_id or self.phase != "sampling":
+        if self._is_stale(pending, request_id):
             return []
         self._pending = None
         if self.config.on_judge_error == "raise":
@@ -431,15 +431,25 @@ class DeepPruneController(Controller):
         self._queue.clear()
         return self._maybe_finish_fallback()
 
+    def _is_stale(self, pending: _PendingJudgement | None, request_id: int) -> bool:
+        return (
+            self.done
+            or pending is None
+            or pending.request_id != request_id
+            or self.phase != "sampling"
+        )
+
     # -- clustering --------------------------------------------------------------------------------
     def _pump(self) -> list[Action]:
         """Send the queued traces, in arrival order, to the judge: one request in flight at a time.
 
         Up to ``max_judge_batch`` queued traces go in one request. Each is compared with at most K1
-        members drawn from every existing cluster and with the earlier traces of its batch (each of
-        which may found a cluster), so batching never changes how many clusters a trace is weighed
-        against, and pairs per trace stay <= K * K1. With ``max_judge_batch=1`` this is exactly the
-        paper's one-trace-at-a-time greedy clustering.
+        members drawn from every existing cluster and, while clusters may still be founded, with
+        every earlier trace of its batch (each of which may found one), so a batched trace is
+        weighed against the same clusters as one at a time, and pairs per trace stay <= K * K1.
+        What batching changes: members that join a cluster during the batch are not in that
+        batch's samples. With ``max_judge_batch=1`` this is exactly the paper's one-at-a-time
+        greedy clustering.
         """
         if self._pending is not None or not self._queue or self.phase != "sampling":
             return []
@@ -449,16 +459,21 @@ class DeepPruneController(Controller):
             actions += self._maybe_finalise()
             if not self._queue or self.phase != "sampling":
                 return actions
-        batch: list[int] = []
-        while self._queue and len(batch) < self.config.max_judge_batch:
-            batch.append(self._queue.popleft())
         k1 = self.config.cluster_sample
+        may_found = max(0, self.config.max_clusters - len(self.clusters))
+        # While clusters may still be founded, each batched trace is also compared with every
+        # earlier trace of its batch; capping the batch at may_found * K1 + 1 keeps the pairs per
+        # trace <= existing * K1 + (K - existing) * K1 = K * K1.
+        limit = self.config.max_judge_batch
+        if may_found:
+            limit = min(limit, may_found * k1 + 1)
+        batch: list[int] = []
+        while self._queue and len(batch) < limit:
+            batch.append(self._queue.popleft())
         samples = [
             (c.cluster_id, self.rng.sample(c.members, min(k1, len(c.members))))
             for c in self.clusters
         ]
-        # Only the first (K - existing clusters) traces of a batch could found a cluster.
-        may_found = max(0, self.config.max_clusters - len(self.clusters))
         pairs: list[PrefixPair] = []
         targets: list[tuple[int, int]] = []
         for position, trace_id in enumerate(batch):
@@ -469,11 +484,12 @@ class DeepPruneController(Controller):
                         PrefixPair(trace_id, member, prefix, self.traces[member].prefix or "")
                     )
                     targets.append((trace_id, cluster_id))
-            for earlier in batch[: min(position, may_found)]:
-                pairs.append(
-                    PrefixPair(trace_id, earlier, prefix, self.traces[earlier].prefix or "")
-                )
-                targets.append((trace_id, -earlier - 1))
+            if may_found:
+                for earlier in batch[:position]:
+                    pairs.append(
+                        PrefixPair(trace_id, earlier, prefix, self.traces[earlier].prefix or "")
+                    )
+                    targets.append((trace_id, -earlier - 1))
         self._request_counter += 1
         self._pending = _PendingJudgement(self._request_counter, tuple(batch), tuple(targets))
         self.judge_pairs += len(pairs)
@@ -610,9 +626,7 @@ class DeepPruneController(Controller):
     @staticmethod
     def _invalid_scores(pending: _PendingJudgement, probabilities: Sequence[float]) -> str | None:
         if len(probabilities) != len(pending.targets):
-            return (
-                f"judge returned {len(probabilities)} scores for {len(pending.targets)} pairs"
-            )
+            return f"judge returned {len(probabilities)} scores for {len(pending.targets)} pairs"
         for p in probabilities:
             try:
                 value = float(p)
