@@ -1,0 +1,71 @@
+"""The user-facing edges: the CLI, the examples, and the public API surface."""
+
+from __future__ import annotations
+
+import runpy
+import types
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import deepprune_lc
+from deepprune_lc.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+DEV_POOL = ROOT.parent / "shared" / "data" / "traces" / "qwen25math_cot8_dev.jsonl"
+
+
+def test_public_api_is_exactly_all() -> None:
+    exported = {
+        name
+        for name, value in vars(deepprune_lc).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert set(deepprune_lc.__all__) - {"__version__"} == exported
+
+
+def test_demo_prints_decisions_answer_and_savings() -> None:
+    result = CliRunner().invoke(app, ["demo", "--problems", "1"])
+    assert result.exit_code == 0, result.output
+    assert "pruned after" in result.output
+    assert "answer 216" in result.output and "ground truth 216" in result.output
+    assert "saved" in result.output
+
+
+def test_demo_rejects_bad_options_clearly() -> None:
+    result = CliRunner().invoke(app, ["demo", "--n-traces", "0"])
+    assert result.exit_code != 0
+    assert "n-traces" in result.output
+
+
+@pytest.mark.skipif(not DEV_POOL.exists(), reason="../shared/data is not beside the checkout")
+def test_ask_answers_from_a_pool_as_json() -> None:
+    import json
+
+    from deepprune_lc import load_trace_pool
+
+    problem = load_trace_pool(DEV_POOL).problems[0]
+    result = CliRunner().invoke(
+        app, ["ask", problem.problem, "--pool", str(DEV_POOL), "--prefix-tokens", "64", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["answer"] == problem.answer
+    assert len(payload["traces"]) == 8
+
+
+def test_ask_names_a_missing_pool() -> None:
+    result = CliRunner().invoke(app, ["ask", "2+2?", "--pool", "no/such/pool.jsonl"])
+    assert result.exit_code != 0
+    assert "no/such/pool.jsonl" in str(result.exception) + result.output
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_examples_run(
+    example: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", [str(example)])
+    runpy.run_path(str(example), run_name="__main__")
+    assert capsys.readouterr().out.strip()
