@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import runpy
-import types
 import sys
+import types
 from pathlib import Path
 
 import pytest
