@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from deepprune_lc.answers import AnswerRules, Ballot, group_votes
@@ -239,9 +239,11 @@ class Controller:
                 actions += self._abort(state.trace_id, reason)
         return actions
 
-    def _ballots(self, trace_ids: object, weights: dict[int, float] | None = None) -> list[Ballot]:
+    def _ballots(
+        self, trace_ids: Iterable[int], weights: dict[int, float] | None = None
+    ) -> list[Ballot]:
         ballots = []
-        for t in trace_ids:  # type: ignore[attr-defined]
+        for t in trace_ids:
             state = self.traces[t]
             if state.status == "finished" and state.answer is not None:
                 weight = 1.0 if weights is None else weights[t]
@@ -322,9 +324,9 @@ class EarlyStoppingController(Controller):
         if not all(self.traces[t].terminal for t in window):
             return []
         answers = [self.traces[t].answer for t in window]
-        unanimous = all(a is not None for a in answers) and all(
-            self.rules.equivalent(answers[0], a)
-            for a in answers[1:]  # type: ignore[arg-type]
+        given = [a for a in answers if a is not None]
+        unanimous = len(given) == len(answers) and all(
+            self.rules.equivalent(given[0], a) for a in given[1:]
         )
         if unanimous or window.stop >= self.n_traces:
             return self._finish_run(self._ballots(range(window.stop)))
@@ -376,8 +378,8 @@ class DeepPruneController(Controller):
         return self._pump()
 
     def on_judged(self, request_id: int, probabilities: Sequence[float]) -> list[Action]:
-        pending = self._pending
-        if self._is_stale(pending, request_id):
+        pending = self._pending_for(request_id)
+        if pending is None:
             return []  # the run moved on (finalised, fell back or ended) while the judge worked
         problem = self._invalid_scores(pending, probabilities)
         if problem is not None:
@@ -418,8 +420,8 @@ class DeepPruneController(Controller):
         return self._join(trace_id, best_id, best, forced=True)
 
     def on_judge_failed(self, request_id: int, reason: str) -> list[Action]:
-        pending = self._pending
-        if self._is_stale(pending, request_id):
+        pending = self._pending_for(request_id)
+        if pending is None:
             return []
         self._pending = None
         if self.config.on_judge_error == "raise":
@@ -431,13 +433,12 @@ class DeepPruneController(Controller):
         self._queue.clear()
         return self._maybe_finish_fallback()
 
-    def _is_stale(self, pending: _PendingJudgement | None, request_id: int) -> bool:
-        return (
-            self.done
-            or pending is None
-            or pending.request_id != request_id
-            or self.phase != "sampling"
-        )
+    def _pending_for(self, request_id: int) -> _PendingJudgement | None:
+        """The request ``request_id`` answers, or None if it is stale (the run moved on)."""
+        pending = self._pending
+        if self.done or pending is None or pending.request_id != request_id:
+            return None
+        return pending if self.phase == "sampling" else None
 
     # -- clustering --------------------------------------------------------------------------------
     def _pump(self) -> list[Action]:
