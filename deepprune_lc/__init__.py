@@ -6,6 +6,8 @@ prefixes, stop the redundant ones early, finish a few, and vote.
 
 from deepprune_lc.answers import AnswerRules, extract_answer, extract_choice, math_equivalent
 from deepprune_lc.backends.replay import ReplayBackend
+from deepprune_lc.callbacks import DeepPruneCallbackHandler
+from deepprune_lc.chat_model import DeepPruneReasoner
 from deepprune_lc.config import (
     DEFAULT_REASONING_WORDS,
     EarlyStoppingConfig,
@@ -35,8 +37,10 @@ __all__ = [
     "DEFAULT_REASONING_WORDS",
     "AnswerRules",
     "DeepPrune",
+    "DeepPruneCallbackHandler",
     "DeepPruneError",
     "DeepPruneEvent",
+    "DeepPruneReasoner",
     "DeepPruneResult",
     "EarlyStoppingConfig",
     "EarlyStoppingSelfConsistency",

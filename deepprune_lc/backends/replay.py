@@ -73,6 +73,7 @@ class ReplayBackend:
         seconds_per_token: float = 0.0,
         yield_every: int = 16,
         reuse: Literal["error", "cycle"] = "cycle",
+        fallback_problem: str | None = None,
     ) -> None:
         if not isinstance(pool, TracePool):
             raise ValueError(f"pool: expected a TracePool, got {type(pool).__name__}")
@@ -93,6 +94,9 @@ class ReplayBackend:
         self.seconds_per_token = float(seconds_per_token)
         self.yield_every = yield_every
         self.reuse: Literal["error", "cycle"] = reuse
+        #: Problem id replayed for prompts the pool does not hold (smoke tests, demos of a chat
+        #: surface); None makes an unknown prompt an error.
+        self.fallback_problem = pool.by_id(fallback_problem) if fallback_problem else None
         self._tokens: dict[tuple[str, int], _Tokens] = {}
         self._prompts: dict[str, PoolProblem] = {}
         self._live: set[str] = set()
@@ -130,7 +134,7 @@ class ReplayBackend:
         text = _prompt_text(prompt)
         problem = self._prompts.get(text)
         if problem is None:
-            problem = self.pool.find_by_prompt(text)
+            problem = self.pool.find_by_prompt(text) or self.fallback_problem
             if problem is None:
                 head = text.strip()[:60]
                 raise ValueError(f"prompt not found in replay pool {self.pool.source}: {head!r}...")

@@ -1,0 +1,297 @@
+"""``DeepPruneReasoner``: DeepPrune as a LangChain chat model, a drop-in for a single LLM call.
+
+>>> model = DeepPruneReasoner(backend="vllm:Qwen/Qwen3-8B", judge="lexical")
+>>> model.invoke("What is the sum of the first 100 positive integers?").content
+
+The returned ``AIMessage`` carries the winning trace's final response as ``content`` (thinking inside
+``<think>`` tags goes to ``additional_kwargs["reasoning_content"]``), ``usage_metadata`` totalled
+over every trace (pruned ones included), and ``response_metadata["deepprune"]``, the run's summary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+
+from deepprune_lc._loop import run_sync
+from deepprune_lc.answers import AnswerRules
+from deepprune_lc.callbacks import (
+    NOSTREAM_TAG,
+    EventBridge,
+    TracedJudge,
+    child_manager,
+    langgraph_stream_writer,
+)
+from deepprune_lc.config import PruningConfig, SamplingConfig
+from deepprune_lc.ports import GenerationBackend, Judge
+from deepprune_lc.result import DeepPruneResult
+from deepprune_lc.runner import DeepPrune
+from deepprune_lc.specs import check_backend_spec, check_judge_spec, resolve_backend, resolve_judge
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def split_thinking(text: str) -> tuple[str, str | None]:
+    """(final response, thinking) for models that think inside ``<think>...</think>``."""
+    if "</think>" not in text:
+        return text, None
+    head, _, tail = text.rpartition("</think>")
+    thinking = head.split("<think>", 1)[-1]
+    return tail.strip(), thinking.strip()
+
+
+def messages_to_prompt(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """LangChain messages as chat dicts; backends apply the model's chat template."""
+    roles = {"human": "user", "ai": "assistant", "system": "system"}
+    prompt = []
+    for message in messages:
+        role = roles.get(message.type)
+        if role is None:
+            raise NotImplementedError(
+                f"DeepPruneReasoner cannot take {message.type!r} messages: it has no tool calling"
+            )
+        prompt.append({"role": role, "content": message.text})
+    return prompt
+
+
+class DeepPruneReasoner(BaseChatModel):
+    """Parallel reasoning with DeepPrune behind the chat-model interface.
+
+    ``backend`` and ``judge`` are objects implementing the ports, or strings naming them:
+    ``"replay:<pool.jsonl>"``, ``"replay:demo"``, ``"vllm:<model>"``, ``"transformers:<model>"``;
+    judges ``"lexical"``, ``"embedding"``, ``"vllm:<judge model>"``. Engines are created on first use
+    and shared by every reasoner naming the same spec.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    backend: Any = Field(description="GenerationBackend or spec string ('vllm:<model>', ...).")
+    judge: Any = Field(default="lexical", description="Judge or spec string.")
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    answers: Any = Field(
+        default="math", description="'math', 'multiple_choice', 'exact' or an AnswerRules."
+    )
+    model_name: str | None = Field(
+        default=None, description="Name reported to LangSmith; defaults to the backend spec."
+    )
+
+    _runner: DeepPrune | None = PrivateAttr(default=None)
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: Any) -> Any:
+        check_backend_spec(value)
+        return value
+
+    @field_validator("judge")
+    @classmethod
+    def _check_judge(cls, value: Any) -> Any:
+        check_judge_spec(value)
+        return value
+
+    @field_validator("answers")
+    @classmethod
+    def _check_answers(cls, value: Any) -> Any:
+        AnswerRules.resolve(value)
+        return value
+
+    # -- identity --------------------------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "deepprune"
+
+    @property
+    def resolved_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        if isinstance(self.backend, str):
+            return self.backend
+        return getattr(self.backend, "model_name", type(self.backend).__name__)
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.resolved_model_name,
+            "judge": self.judge if isinstance(self.judge, str) else type(self.judge).__name__,
+            "pruning": self.pruning.model_dump(mode="json"),
+            "sampling": self.sampling.model_dump(mode="json"),
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="deepprune",
+            ls_model_name=self.resolved_model_name,
+            ls_model_type="chat",
+            ls_temperature=self.sampling.temperature,
+            ls_max_tokens=self.sampling.max_tokens,
+        )
+        if stop or self.sampling.stop:
+            params["ls_stop"] = list(stop or self.sampling.stop)
+        return params
+
+    # -- unsupported capabilities ----------------------------------------------------------------
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            "DeepPruneReasoner votes over the final answers of parallel reasoning traces; tool "
+            "calls cannot be voted on, so it does not support tools. Use it for the reasoning "
+            "step and a regular chat model for tool use."
+        )
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            "DeepPruneReasoner does not support structured output: its answer is the majority "
+            "vote over free-form reasoning traces. Parse the answer downstream, or pass "
+            "answers=AnswerRules.custom(...) to control how answers are extracted and compared."
+        )
+
+    # -- running -----------------------------------------------------------------------------------
+    def _deepprune(self) -> DeepPrune:
+        """Created on first use: constructing the model never loads an engine."""
+        if self._runner is None:
+            self._runner = DeepPrune(
+                resolve_backend(self.backend),
+                resolve_judge(self.judge),
+                self.pruning,
+                sampling=self.sampling,
+                answers=self.answers,
+            )
+        return self._runner
+
+    async def arun(
+        self,
+        messages: Sequence[BaseMessage] | str,
+        *,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+        stream_writer: Any = None,
+        **kwargs: Any,
+    ) -> DeepPruneResult:
+        """Run DeepPrune and return the full result (the chat-model methods wrap this)."""
+        if kwargs:
+            raise TypeError(f"DeepPruneReasoner got unexpected arguments: {sorted(kwargs)}")
+        if isinstance(messages, str):
+            messages = [HumanMessage(messages)]
+        prompt = messages_to_prompt(messages)
+        runner = self._deepprune()
+        sampling = runner.sampling
+        if stop:
+            sampling = sampling.model_copy(update={"stop": tuple(stop)})
+        judge: Judge = runner.judge
+        if run_manager is not None:
+            judge = TracedJudge(judge, child_manager(run_manager, NOSTREAM_TAG), str(self.judge))
+        writer = stream_writer if stream_writer is not None else langgraph_stream_writer()
+        bridge = EventBridge(run_manager, writer)
+        call = DeepPrune(
+            runner.backend, judge, runner.config, sampling=sampling, answers=runner.answers
+        )
+        try:
+            return await call.run(prompt, listeners=[bridge])
+        finally:
+            await bridge.aclose()
+
+    def _message(self, result: DeepPruneResult, chunk: bool = False) -> AIMessage:
+        text = result.text or ""
+        content, thinking = split_thinking(text)
+        backend: GenerationBackend = self._deepprune().backend
+        totals = result.totals
+        content_tokens = backend.count_prompt_tokens(content) if content else 0
+        started = len(result.traces)
+        input_tokens = totals.prompt_tokens * started + totals.resume_prefill_tokens
+        usage = UsageMetadata(
+            input_tokens=input_tokens,
+            output_tokens=totals.decoded_tokens,
+            total_tokens=input_tokens + totals.decoded_tokens,
+            input_token_details={
+                # Every trace after the first reads the prompt from the prefix cache, and a
+                # resumed trace reads its own earlier tokens.
+                "cache_read": totals.prompt_tokens * max(0, started - 1)
+                + totals.resume_prefill_tokens
+            },
+            output_token_details={"reasoning": max(0, totals.decoded_tokens - content_tokens)},
+        )
+        additional = {"reasoning_content": thinking} if thinking else {}
+        metadata = {
+            "model_name": self.resolved_model_name,
+            "model_provider": "deepprune",
+            "finish_reason": "stop",
+            "deepprune": result.summary(),
+        }
+        cls = AIMessageChunk if chunk else AIMessage
+        message = cls(
+            content=content,
+            additional_kwargs=additional,
+            usage_metadata=usage,
+            response_metadata=metadata,
+        )
+        if isinstance(message, AIMessageChunk):
+            message.chunk_position = "last"
+        return message
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = await self.arun(messages, stop=stop, run_manager=run_manager, **kwargs)
+        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        writer = langgraph_stream_writer()  # captured here: the loop thread has no graph context
+        result = run_sync(
+            self.arun(messages, stop=stop, run_manager=run_manager, stream_writer=writer, **kwargs)
+        )
+        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """One chunk: the answer only exists once the traces have voted.
+
+        Progress (every pruning decision) streams as events meanwhile: LangGraph's custom stream,
+        and LangChain custom events where a run manager is available.
+        """
+        result = await self.arun(messages, stop=stop, run_manager=run_manager, **kwargs)
+        chunk = self._message(result, chunk=True)
+        yield ChatGenerationChunk(message=chunk)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        writer = langgraph_stream_writer()
+        result = run_sync(
+            self.arun(messages, stop=stop, run_manager=run_manager, stream_writer=writer, **kwargs)
+        )
+        yield ChatGenerationChunk(message=self._message(result, chunk=True))
+
+
+__all__ = ["DeepPruneReasoner", "messages_to_prompt", "split_thinking"]
