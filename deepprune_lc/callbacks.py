@@ -92,12 +92,17 @@ class DeepPruneCallbackHandler(BaseCallbackHandler):
 
 
 def child_manager(
-    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun, tag: str | None = None
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun,
+    tag: str | None = None,
+    *,
+    local_handlers: bool = False,
 ) -> CallbackManager | AsyncCallbackManager:
     """A callback manager for runs and events *under* a chat model's run.
 
     LLM run managers have no ``get_child``: build one from the run's inheritable handlers, tags and
     metadata (without LangSmith's ``ls_`` invocation keys, which describe the model run itself).
+    ``local_handlers`` adds the run's own handlers (e.g. ``DeepPruneReasoner(callbacks=[...])``):
+    right for custom events, which describe the model run itself, wrong for child runs.
     """
     cls = (
         AsyncCallbackManager
@@ -105,14 +110,18 @@ def child_manager(
         else (CallbackManager)
     )
     manager = cls(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
+    manager.set_handlers(
+        run_manager.handlers if local_handlers else run_manager.inheritable_handlers
+    )
     manager.add_tags(run_manager.inheritable_tags)
     manager.add_metadata(
         {k: v for k, v in run_manager.inheritable_metadata.items() if not k.startswith("ls_")}
     )
     if tag is not None:
         manager.add_tags([tag], inherit=True)
-    return manager
+    # As LangChain does for every child run: configure() adds the handlers the context contributes
+    # without inheritance (``collect_runs()``'s collector), so they see the judge runs too.
+    return manager.configure(inheritable_callbacks=manager)
 
 
 def langgraph_stream_writer() -> Callable[[Any], None] | None:
@@ -141,7 +150,7 @@ class EventBridge:
     ) -> None:
         self.run_id = run_manager.run_id if run_manager is not None else None
         self.child: CallbackManager | AsyncCallbackManager | None = (
-            child_manager(run_manager) if run_manager is not None else None
+            child_manager(run_manager, local_handlers=True) if run_manager is not None else None
         )
         self.writer = writer
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] | None = None

@@ -24,7 +24,8 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from langchain_core.utils.utils import LC_ID_PREFIX
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from deepprune_lc._loop import run_sync
 from deepprune_lc.answers import AnswerRules
@@ -42,6 +43,8 @@ from deepprune_lc.runner import DeepPrune
 from deepprune_lc.specs import check_backend_spec, check_judge_spec, resolve_backend, resolve_judge
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+#: LangChain's standard sampling parameters, accepted flat and folded into ``sampling``.
+_SAMPLING_SHORTCUTS = ("temperature", "top_p", "top_k", "max_tokens", "stop")
 
 
 def split_thinking(text: str) -> tuple[str, str | None]:
@@ -90,6 +93,28 @@ class DeepPruneReasoner(BaseChatModel):
     )
 
     _runner: DeepPrune | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_sampling_shortcuts(cls, data: Any) -> Any:
+        """``temperature=0, max_tokens=512, stop=[...]`` set the matching ``sampling`` fields.
+
+        They are LangChain's standard chat-model parameters (``init_chat_model`` and the standard
+        tests pass them flat); without this pydantic would drop them silently. Flat values win over
+        the same fields of an explicit ``sampling``.
+        """
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in _SAMPLING_SHORTCUTS if data.get(k) is not None}
+        sampling = data.get("sampling")
+        if not flat or not isinstance(sampling, SamplingConfig | dict | None):
+            return data  # nothing to fold, or a bad ``sampling`` that validation will report
+        if "stop" in flat:
+            stop = flat["stop"]
+            flat["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        base = sampling.model_dump() if isinstance(sampling, SamplingConfig) else (sampling or {})
+        rest = {k: v for k, v in data.items() if k not in _SAMPLING_SHORTCUTS}
+        return {**rest, "sampling": {**base, **flat}}
 
     @field_validator("backend")
     @classmethod
@@ -159,6 +184,31 @@ class DeepPruneReasoner(BaseChatModel):
         )
 
     # -- running -----------------------------------------------------------------------------------
+    def _should_stream(
+        self,
+        *,
+        async_api: bool,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        """Never take LangChain's streaming branch inside invoke/ainvoke/batch.
+
+        With a streaming handler attached (``astream_events``, LangGraph's "messages" stream),
+        ``BaseChatModel._(a)generate_with_cache`` calls ``_(a)stream`` *without* the run manager,
+        which would cut the pruning events and the judge's child runs off the model run. The answer
+        is a single chunk anyway, so ``_(a)generate`` runs instead (with the run manager) and reports
+        that chunk to the streaming handlers itself (``_report_chunk``). ``stream``/``astream``,
+        which call this without a run manager, still stream.
+        """
+        if run_manager is not None:
+            return False
+        return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
+
+    def _streaming_handler_attached(
+        self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun, **kwargs: Any
+    ) -> bool:
+        return super()._should_stream(async_api=True, run_manager=run_manager, **kwargs)
+
     def _deepprune(self) -> DeepPrune:
         """Created on first use: constructing the model never loads an engine."""
         if self._runner is None:
@@ -241,6 +291,24 @@ class DeepPruneReasoner(BaseChatModel):
             message.chunk_position = "last"
         return message
 
+    @staticmethod
+    def _report_chunk(message: AIMessage, run_id: Any) -> ChatGenerationChunk:
+        """The answer as the one chunk a streaming handler would have seen (see ``_should_stream``).
+
+        Chunk and message share LangChain's run-derived id, so consumers that de-duplicate by id
+        (LangGraph's "messages" stream) report the answer once.
+        """
+        message.id = message.id or f"{LC_ID_PREFIX}-{run_id}"
+        chunk = AIMessageChunk(
+            content=message.content,
+            id=message.id,
+            additional_kwargs=dict(message.additional_kwargs),
+            response_metadata=dict(message.response_metadata),
+            usage_metadata=message.usage_metadata,
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=chunk)
+
     async def _agenerate(
         self,
         messages: list[BaseMessage],
@@ -249,7 +317,11 @@ class DeepPruneReasoner(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         result = await self.arun(messages, stop=stop, run_manager=run_manager, **kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+        message = self._message(result)
+        if run_manager is not None and self._streaming_handler_attached(run_manager, **kwargs):
+            chunk = self._report_chunk(message, run_manager.run_id)
+            await run_manager.on_llm_new_token(message.text, chunk=chunk)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _generate(
         self,
@@ -262,7 +334,11 @@ class DeepPruneReasoner(BaseChatModel):
         result = run_sync(
             self.arun(messages, stop=stop, run_manager=run_manager, stream_writer=writer, **kwargs)
         )
-        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+        message = self._message(result)
+        if run_manager is not None and self._streaming_handler_attached(run_manager, **kwargs):
+            chunk = self._report_chunk(message, run_manager.run_id)
+            run_manager.on_llm_new_token(message.text, chunk=chunk)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _astream(
         self,
