@@ -1,19 +1,23 @@
 # Everything a user or CI needs, with its own set-up: `make demo`, `make test`.
-# The virtual environment is built on first use and rebuilt when pyproject.toml changes.
+# The virtual environment is built on first use and rebuilt when a pyproject.toml changes (the core's
+# or an integration's).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Integration packages (integrations/<system>/), installed editable after the core.
+INTEGRATIONS := integrations/langgraph
 
 .PHONY: setup demo test lint typecheck bench bench-replay bench-driver clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $(addprefix -e ,$(INTEGRATIONS))
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,11 +27,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check deepprune_lc tests benchmarks examples
-	$(BIN)/ruff format --check deepprune_lc tests benchmarks examples
+	$(BIN)/ruff check deepprune_lc tests benchmarks examples integrations
+	$(BIN)/ruff format --check deepprune_lc tests benchmarks examples integrations
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy $(foreach pkg,$(INTEGRATIONS),$(pkg)/deepprune_$(notdir $(pkg)))
 
 bench-replay: $(STAMP)
 	$(BIN)/deepprune bench replay --pool ../shared/data/traces/qwen25math_cot8_dev.jsonl
@@ -38,4 +43,4 @@ bench-driver: $(STAMP)
 bench: bench-replay bench-driver
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info integrations/*/*.egg-info

@@ -1,0 +1,46 @@
+"""Graph state for DeepPrune nodes: the conversation plus what the last run decided.
+
+``DeepPruneState`` is LangGraph's ``MessagesState`` (``messages`` with the ``add_messages`` reducer)
+plus the run summary and the fields the escalating graph writes. Every extra key is optional
+(``total=False``), so a graph's input can be just ``{"messages": [...]}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langgraph.graph import MessagesState
+from typing_extensions import TypedDict
+
+#: The escalation steps ``create_escalating_graph`` can take when the traces disagree.
+Escalation = Literal["more_traces", "stronger_model", "clarify"]
+#: How the escalating graph reached its final message: ``"direct"`` (the first run was supported
+#: well enough) or the last escalation step it took.
+Route = Literal["direct", "more_traces", "stronger_model", "clarify"]
+
+
+class Attempt(TypedDict):
+    """One answer the escalating graph produced, kept even when a later step replaced it."""
+
+    step: Route
+    answer: str | None
+    support: float | None
+    n_traces: int | None
+
+
+class DeepPruneState(MessagesState, total=False):
+    """``messages`` (append/replace-by-id reducer) and the latest DeepPrune run.
+
+    ``deepprune`` is ``DeepPruneResult.summary()`` of the run behind the last answer (``None`` when
+    that answer came from a model that is not a ``DeepPruneReasoner``). The escalating graph also
+    sets ``support`` (see ``vote_support``), ``route`` and ``attempts`` (one per answer, in order;
+    reset at the start of every turn).
+    """
+
+    deepprune: dict[str, Any] | None
+    support: float | None
+    route: Route
+    attempts: list[Attempt]
+
+
+__all__ = ["Attempt", "DeepPruneState", "Escalation", "Route"]
