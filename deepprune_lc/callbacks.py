@@ -27,6 +27,8 @@ from langchain_core.callbacks import (
     CallbackManagerForChainRun,
     CallbackManagerForLLMRun,
 )
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 
 from deepprune_lc.events import (
     ALL_EVENT_TYPES,
@@ -209,6 +211,10 @@ class TracedJudge:
             run = parent.on_chain_start(
                 {"name": "deepprune_judge"}, inputs, run_id=run_id, name="deepprune_judge"
             )
+        # A judge that calls LangChain models picks its config up from the context: make that the
+        # judge run's, so its model runs nest under it and inherit the "nostream" tag instead of
+        # the caller's (whose tokens would otherwise leak into a graph's "messages" stream).
+        token = var_child_runnable_config.set(RunnableConfig(callbacks=run.get_child()))
         try:
             scores = await self.judge.score(pairs)
         except BaseException as exc:
@@ -216,6 +222,8 @@ class TracedJudge:
             if asyncio.iscoroutine(result):
                 await result
             raise
+        finally:
+            var_child_runnable_config.reset(token)
         outputs = {
             "probabilities": [round(float(p), 4) for p in scores.probabilities],
             "prefill_tokens": scores.prefill_tokens,

@@ -210,8 +210,18 @@ class DeepPruneReasoner(BaseChatModel):
         return super()._should_stream(async_api=True, run_manager=run_manager, **kwargs)
 
     def _deepprune(self) -> DeepPrune:
-        """Created on first use: constructing the model never loads an engine."""
-        if self._runner is None:
+        """Created on first use: constructing the model never loads an engine.
+
+        Rebuilt when the configs differ from the cached runner's (``model_copy(update=...)`` copies
+        private attributes, so a copy would otherwise keep the original's settings).
+        """
+        runner = self._runner
+        if (
+            runner is None
+            or runner.config != self.pruning
+            or runner.sampling != self.sampling
+            or runner.answers != AnswerRules.resolve(self.answers)
+        ):
             self._runner = DeepPrune(
                 resolve_backend(self.backend),
                 resolve_judge(self.judge),

@@ -49,9 +49,8 @@ BAKERY = POOL.by_id("demo-bakery").problem
 
 
 def make_model(**kwargs: Any) -> DeepPruneReasoner:
-    return DeepPruneReasoner(
-        backend=ReplayBackend(POOL, yield_every=1), judge="lexical", pruning=PRUNING, **kwargs
-    )
+    kwargs.setdefault("judge", "lexical")
+    return DeepPruneReasoner(backend=ReplayBackend(POOL, yield_every=1), pruning=PRUNING, **kwargs)
 
 
 class Recorder(DeepPruneCallbackHandler):
@@ -335,3 +334,35 @@ def test_graph_streams_events_and_the_answer_once() -> None:
     assert len(messages) == 1 and "\\boxed{216}" in messages[0].text
     # The "messages" stream mode attaches a streaming handler; callbacks still see the run's events.
     check_typed_events(recorder, "216")
+
+
+class ModelCallingJudge:
+    """A judge that asks a LangChain chat model (as a model-based judge would), with no config."""
+
+    def __init__(self) -> None:
+        from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+        self.model = FakeListChatModel(responses=["same"])
+
+    async def score(self, pairs: Any) -> Any:
+        from deepprune_lc.ports import JudgeScores
+
+        await self.model.ainvoke("Do these two prefixes reach the same answer?")
+        return JudgeScores([0.9] * len(pairs))
+
+
+def test_judge_model_runs_nest_under_the_judge_run_and_are_nostream() -> None:
+    model = make_model(judge=ModelCallingJudge())
+    with collect_runs() as collector:
+        model.invoke(BAKERY)
+    runs = {run.id: run for root in collector.traced_runs for run in _walk(root)}
+    judge_models = [r for r in runs.values() if r.name == "FakeListChatModel"]
+    assert judge_models
+    for run in judge_models:
+        parent = runs[run.parent_run_id]
+        assert parent.name == "deepprune_judge"
+        assert NOSTREAM_TAG in (run.tags or [])
+
+
+def _walk(run: Any) -> list[Any]:
+    return [run, *(child for c in run.child_runs for child in _walk(c))]

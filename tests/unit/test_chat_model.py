@@ -476,3 +476,19 @@ async def test_sync_and_async_calls_share_one_backend_concurrently() -> None:
     results = await asyncio.gather(sync_call, model.ainvoke(DEMO[1][1]))
     assert [m.response_metadata["deepprune"]["answer"] for m in results] == ["216", DEMO[1][2]]
     assert backend.live_requests() == set()
+
+
+def test_model_copy_with_new_pruning_runs_with_the_new_settings() -> None:
+    from deepprune_lc.config import PruningConfig, TokensPrefix
+    from deepprune_lc.demo import load_demo_pool
+
+    question = load_demo_pool().by_id("demo-bakery").problem
+    base = DeepPruneReasoner(
+        backend="replay:demo", pruning=PruningConfig(n_traces=4, prefix=TokensPrefix(k=40))
+    )
+    assert base.invoke(question).response_metadata["deepprune"]["trace_status"]
+    wider = base.model_copy(
+        update={"pruning": PruningConfig(n_traces=8, prefix=TokensPrefix(k=40))}
+    )
+    statuses = wider.invoke(question).response_metadata["deepprune"]["trace_status"]
+    assert sum(statuses.values()) == 8
