@@ -222,14 +222,15 @@ class DeepPruneReasoner(BaseChatModel):
             or runner.sampling != self.sampling
             or runner.answers != AnswerRules.resolve(self.answers)
         ):
-            self._runner = DeepPrune(
+            runner = DeepPrune(
                 resolve_backend(self.backend),
                 resolve_judge(self.judge),
                 self.pruning,
                 sampling=self.sampling,
                 answers=self.answers,
             )
-        return self._runner
+            self._runner = runner
+        return runner
 
     async def arun(
         self,
