@@ -13,7 +13,7 @@ Run from the repository root:
     .venv/bin/python integrations/transformers/benchmarks/bench_tf.py            # tiny + SmolLM2
     .venv/bin/python integrations/transformers/benchmarks/bench_tf.py --models tiny --repeats 3
 
-``--output FILE`` writes the markdown table (docs/_bench_transformers.md is produced that way).
+``--output FILE`` writes the markdown table (its section of docs/benchmarks.md was produced that way).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run (about 3 minutes on 2 CPU cores, engine start included):
 
-    .venv/bin/python integrations/vllm/benchmarks/bench_vllm.py --write docs/_bench_vllm.md
+    .venv/bin/python integrations/vllm/benchmarks/bench_vllm.py --write /tmp/bench_vllm.md   # prints and writes the table
 
 Every configuration runs on ONE engine, side by side in one process, interleaved over ``--repeats``
 rounds (medians reported), so the ratios compare like with like:
