@@ -67,7 +67,13 @@ def _from_integration(kinds: dict[str, tuple[str, str, str]], spec: str, what: s
         raise ImportError(
             f"{what} {spec!r} needs the {distribution} package: pip install {distribution}"
         ) from exc
-    return getattr(module, factory)(arg)
+    make = getattr(module, factory, None)
+    if make is None:
+        raise NotImplementedError(
+            f"{what} {spec!r}: the installed {distribution} does not provide it "
+            f"({module_name}.{factory} is missing)"
+        )
+    return make(arg)
 
 
 def resolve_backend(spec: GenerationBackend | str) -> GenerationBackend:

@@ -492,3 +492,12 @@ def test_model_copy_with_new_pruning_runs_with_the_new_settings() -> None:
     )
     statuses = wider.invoke(question).response_metadata["deepprune"]["trace_status"]
     assert sum(statuses.values()) == 8
+
+
+def test_judge_an_installed_integration_lacks_fails_clearly() -> None:
+    import pytest as _pytest
+
+    from deepprune_lc.specs import resolve_judge
+
+    with _pytest.raises((NotImplementedError, ImportError), match="embedding"):
+        resolve_judge("embedding")
