@@ -93,6 +93,7 @@ class DeepPruneReasoner(BaseChatModel):
     )
 
     _runner: DeepPrune | None = PrivateAttr(default=None)
+    _runner_spec: tuple[Any, ...] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -216,12 +217,10 @@ class DeepPruneReasoner(BaseChatModel):
         private attributes, so a copy would otherwise keep the original's settings).
         """
         runner = self._runner
-        if (
-            runner is None
-            or runner.config != self.pruning
-            or runner.sampling != self.sampling
-            or runner.answers != AnswerRules.resolve(self.answers)
-        ):
+        # Compare the specs as given: resolved AnswerRules hold functools.partial objects, which
+        # never compare equal, so comparing those would rebuild the runner on every call.
+        spec = (self.pruning, self.sampling, self.answers)
+        if runner is None or self._runner_spec != spec:
             runner = DeepPrune(
                 resolve_backend(self.backend),
                 resolve_judge(self.judge),
@@ -229,7 +228,7 @@ class DeepPruneReasoner(BaseChatModel):
                 sampling=self.sampling,
                 answers=self.answers,
             )
-            self._runner = runner
+            self._runner, self._runner_spec = runner, spec
         return runner
 
     async def arun(

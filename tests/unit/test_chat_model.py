@@ -501,3 +501,13 @@ def test_judge_an_installed_integration_lacks_fails_clearly() -> None:
 
     with _pytest.raises((NotImplementedError, ImportError), match="embedding"):
         resolve_judge("embedding")
+
+
+def test_runner_is_reused_across_calls_and_rebuilt_on_new_settings() -> None:
+    from deepprune_lc.answers import AnswerRules
+
+    model = DeepPruneReasoner(backend="replay:demo", answers=AnswerRules.multiple_choice())
+    first = model._deepprune()
+    assert model._deepprune() is first  # same specs: no rebuild, even with partial-based rules
+    copy = model.model_copy(update={"sampling": model.sampling.model_copy(update={"top_p": 0.5})})
+    assert copy._deepprune() is not first
