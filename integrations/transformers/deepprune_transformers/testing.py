@@ -4,10 +4,19 @@
 Qwen2 causal LM beside it (hidden 64, 2 layers, 2 heads of size 32, which vLLM's CPU attention
 accepts): a real model directory that transformers and vLLM load like any other, in about two
 seconds. Its outputs are noise, but deterministic for a seed, which is what engine tests need.
+
+``build_tiny_reasoner`` goes one step further for end-to-end runs, where traces should reach an
+answer: it trains that model for a few seconds on chat transcripts of one question
+(``REASONER_QUESTION``, "What is 6 times 7?"), each a shuffled chain of reasoning sentences ending in
+``\\boxed{42}``. Sampled at temperature ~1 it then writes varied traces that mostly end with that
+answer and an end-of-turn token, on that question and, less reliably, on any other prompt (the
+standard LangChain suites ask "Hello"); greedy decoding is no longer stuck on one token, so
+token-exact resume checks compare real sequences.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -82,3 +91,69 @@ def build_tiny_qwen2(
     model = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+#: The one question ``build_tiny_reasoner`` teaches its model to answer (with 42).
+REASONER_QUESTION = "What is 6 times 7?"
+_STEPS = (
+    "First, let me think about the problem step by step.",
+    "So we have two numbers.",
+    "Then we add them and check the result.",
+    "Wait, we should verify the sum again.",
+    "Since 6 times 7 is 42, the product is 42.",
+    "However, let us consider another approach: 40 plus 2 equals 42, hence 42.",
+)
+
+
+def build_tiny_reasoner(directory: str | Path, *, steps: int = 200, seed: int = 0) -> Path:
+    """Write the trained tiny model (and its tokenizer) to ``directory``; about 5 s on 2 cores."""
+    import torch
+
+    # One thread: the model is far too small to gain from more, and on a shared 2-core machine
+    # torch's thread pool under contention made training 10x slower (78 s against 9 s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(directory, steps=steps, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(directory: str | Path, *, steps: int, seed: int) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = build_tiny_qwen2(directory, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rng = random.Random(seed)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": REASONER_QUESTION}], tokenize=False, add_generation_prompt=True
+    )
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    examples = []
+    for _ in range(64):
+        body = " ".join(rng.sample(_STEPS, k=rng.randint(2, 5)))
+        answer = f"{body} Therefore the answer is \\boxed{{42}}.<|im_end|>"
+        examples.append(tokenizer.encode(answer, add_special_tokens=False))
+
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    batch_size = 8
+    for _ in range(steps):
+        batch = rng.sample(examples, batch_size)
+        length = len(prompt_ids) + max(len(b) for b in batch)
+        ids = torch.full((batch_size, length), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, length), -100)
+        for row, answer_ids in enumerate(batch):
+            sequence = prompt_ids + answer_ids
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            labels[row, len(prompt_ids) : len(sequence)] = torch.tensor(answer_ids)
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    return Path(path)
