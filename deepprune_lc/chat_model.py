@@ -10,12 +10,15 @@ over every trace (pruned ones included), and ``response_metadata["deepprune"]``,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -24,6 +27,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.utils import LC_ID_PREFIX
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -45,6 +49,33 @@ from deepprune_lc.specs import check_backend_spec, check_judge_spec, resolve_bac
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 #: LangChain's standard sampling parameters, accepted flat and folded into ``sampling``.
 _SAMPLING_SHORTCUTS = ("temperature", "top_p", "top_k", "max_tokens", "stop")
+
+
+class _ChunkHandoff:
+    """Hands ``astream`` the answer chunk while the model run is still open.
+
+    ``astream`` runs ``ainvoke`` as a task; its ``_agenerate`` delivers the chunk here and waits
+    until the consumer has taken it, so the chunk is yielded before the run ends. That is what
+    ``astream_events`` needs: it taps the stream of the run it started and drops chunks that arrive
+    after the run's end.
+    """
+
+    def __init__(self) -> None:
+        self.chunk: AIMessageChunk | None = None
+        self.delivered = asyncio.Event()
+        self.consumed = asyncio.Event()
+
+    async def deliver(self, chunk: AIMessageChunk) -> None:
+        if self.delivered.is_set():  # a nested reasoner call inside the run: not ours to report
+            return
+        self.chunk = chunk
+        self.delivered.set()
+        await self.consumed.wait()
+
+
+#: Set while ``stream``/``astream`` run the generate path: the answer is then reported to the run's
+#: handlers as its one token, as LangChain's own streaming would (``astream`` also hands it over).
+_STREAM_CALL: ContextVar[_ChunkHandoff | bool] = ContextVar("deepprune_stream_call", default=False)
 
 
 def split_thinking(text: str) -> tuple[str, str | None]:
@@ -198,17 +229,83 @@ class DeepPruneReasoner(BaseChatModel):
         ``BaseChatModel._(a)generate_with_cache`` calls ``_(a)stream`` *without* the run manager,
         which would cut the pruning events and the judge's child runs off the model run. The answer
         is a single chunk anyway, so ``_(a)generate`` runs instead (with the run manager) and reports
-        that chunk to the streaming handlers itself (``_report_chunk``). ``stream``/``astream``,
-        which call this without a run manager, still stream.
+        that chunk to the streaming handlers itself (``_report_chunk``). ``stream``/``astream`` take
+        the same path (see ``stream``); ``_(a)stream`` remain for LangChain's other streaming
+        protocols (``stream_events(version="v3")`` hands them the run manager).
         """
         if run_manager is not None:
             return False
         return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
 
-    def _streaming_handler_attached(
+    def _reports_chunk(
         self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun, **kwargs: Any
     ) -> bool:
+        """Whether the generate path must hand its answer to the handlers as a streamed token."""
+        if _STREAM_CALL.get():
+            return True
         return super()._should_stream(async_api=True, run_manager=run_manager, **kwargs)
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """The answer as one chunk, computed on the generate path so events stay on the model run.
+
+        LangChain's ``BaseChatModel.stream`` calls ``_stream`` without the run manager it has just
+        opened, which would cut the pruning events and the judge's child runs off the model run (and
+        off ``astream_events`` over the bare model). The answer only exists once the traces have
+        voted, so nothing is lost by running ``invoke`` instead: the handlers see the same run
+        start, the answer as its one token, and the run end.
+        """
+        token = _STREAM_CALL.set(True)
+        try:
+            message = self.invoke(input, config, stop=stop, **kwargs)
+        finally:
+            _STREAM_CALL.reset(token)
+        yield _as_last_chunk(message)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """Async ``stream``: one chunk, on the generate path (see ``stream`` for why).
+
+        The chunk is yielded while the run is still open (``_ChunkHandoff``); a cached answer,
+        which skips ``_agenerate``, is yielded once the call returns.
+        """
+        handoff = _ChunkHandoff()
+        token = _STREAM_CALL.set(handoff)
+        try:
+            call = asyncio.ensure_future(self.ainvoke(input, config, stop=stop, **kwargs))
+        finally:
+            _STREAM_CALL.reset(token)
+        try:
+            delivered = asyncio.ensure_future(handoff.delivered.wait())
+            await asyncio.wait({call, delivered}, return_when=asyncio.FIRST_COMPLETED)
+            delivered.cancel()
+            if handoff.chunk is not None:
+                yield handoff.chunk
+                handoff.consumed.set()
+            message = await call
+            if handoff.chunk is None:
+                yield _as_last_chunk(message)
+        finally:
+            handoff.consumed.set()
+            if not call.done():
+                # Before the answer: the caller gave up (cancelled, or closed the stream), so stop
+                # the run; the driver aborts every live trace. After it: let the run end cleanly.
+                if handoff.chunk is None:
+                    call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
 
     def _deepprune(self) -> DeepPrune:
         """Created on first use: constructing the model never loads an engine.
@@ -309,15 +406,7 @@ class DeepPruneReasoner(BaseChatModel):
         (LangGraph's "messages" stream) report the answer once.
         """
         message.id = message.id or f"{LC_ID_PREFIX}-{run_id}"
-        chunk = AIMessageChunk(
-            content=message.content,
-            id=message.id,
-            additional_kwargs=dict(message.additional_kwargs),
-            response_metadata=dict(message.response_metadata),
-            usage_metadata=message.usage_metadata,
-            chunk_position="last",
-        )
-        return ChatGenerationChunk(message=chunk)
+        return ChatGenerationChunk(message=_as_last_chunk(message))
 
     async def _agenerate(
         self,
@@ -328,9 +417,13 @@ class DeepPruneReasoner(BaseChatModel):
     ) -> ChatResult:
         result = await self.arun(messages, stop=stop, run_manager=run_manager, **kwargs)
         message = self._message(result)
-        if run_manager is not None and self._streaming_handler_attached(run_manager, **kwargs):
+        if run_manager is not None and self._reports_chunk(run_manager, **kwargs):
             chunk = self._report_chunk(message, run_manager.run_id)
             await run_manager.on_llm_new_token(message.text, chunk=chunk)
+            handoff = _STREAM_CALL.get()
+            if isinstance(handoff, _ChunkHandoff):
+                assert isinstance(chunk.message, AIMessageChunk)
+                await handoff.deliver(chunk.message)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _generate(
@@ -345,7 +438,7 @@ class DeepPruneReasoner(BaseChatModel):
             self.arun(messages, stop=stop, run_manager=run_manager, stream_writer=writer, **kwargs)
         )
         message = self._message(result)
-        if run_manager is not None and self._streaming_handler_attached(run_manager, **kwargs):
+        if run_manager is not None and self._reports_chunk(run_manager, **kwargs):
             chunk = self._report_chunk(message, run_manager.run_id)
             run_manager.on_llm_new_token(message.text, chunk=chunk)
         return ChatResult(generations=[ChatGeneration(message=message)])
@@ -378,6 +471,20 @@ class DeepPruneReasoner(BaseChatModel):
             self.arun(messages, stop=stop, run_manager=run_manager, stream_writer=writer, **kwargs)
         )
         yield ChatGenerationChunk(message=self._message(result, chunk=True))
+
+
+def _as_last_chunk(message: BaseMessage) -> AIMessageChunk:
+    """The final message as the stream's one (and last) chunk; adding it up gives it back."""
+    if not isinstance(message, AIMessage):  # pragma: no cover - invoke always returns an AIMessage
+        raise TypeError(f"expected an AIMessage, got {type(message).__name__}")
+    return AIMessageChunk(
+        content=message.content,
+        id=message.id,
+        additional_kwargs=dict(message.additional_kwargs),
+        response_metadata=dict(message.response_metadata),
+        usage_metadata=message.usage_metadata,
+        chunk_position="last",
+    )
 
 
 __all__ = ["DeepPruneReasoner", "messages_to_prompt", "split_thinking"]

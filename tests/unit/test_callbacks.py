@@ -2,9 +2,9 @@
 
 Every driver event is dispatched as a custom event (``deepprune.<event>``) under the chat model's
 run id, and every judge call is a child chain run (``deepprune_judge``, tagged ``nostream``) of the
-model run. That holds whenever LangChain hands the model a run manager: invoke, ainvoke, batch, and
-``astream_events`` over a chain or graph that calls the model. It does not hold for a bare
-``model.astream()`` (see ``test_bare_astream_ties_events_to_the_model_run``).
+model run. That holds on every path: invoke, ainvoke, batch, a bare ``stream``/``astream`` (which
+the model runs on the generate path, since LangChain's own streaming hands ``_astream`` no run
+manager), and ``astream_events`` over the bare model or over a chain or graph that calls it.
 """
 
 from __future__ import annotations
@@ -287,21 +287,36 @@ async def test_astream_events_over_a_chain_ties_events_to_the_model_run(sync_bod
     assert end["data"]["output"].id == chunk.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Known limit: BaseChatModel.astream()/stream() call _astream/_stream without a run "
-        "manager, so a bare model.astream() cannot tie pruning events (or judge child runs) to "
-        "the model run. Call the model through invoke/ainvoke/batch, or inside a chain or graph "
-        "streamed with astream_events, to get them."
-    ),
-)
-async def test_bare_astream_ties_events_to_the_model_run() -> None:
+@pytest.mark.parametrize("sync", [False, True])
+async def test_bare_stream_ties_events_and_judge_runs_to_the_model_run(sync: bool) -> None:
     recorder = Recorder()
-    chunks = [c async for c in make_model().astream(BAKERY, {"callbacks": [recorder]})]
-    assert "\\boxed{216}" in chunks[-1].text  # the answer itself streams fine
-    assert recorder.model_runs  # and the model run is reported ...
-    assert recorder.events  # ... but its pruning events are not
+    config: Any = {"callbacks": [recorder]}
+    model = make_model()
+    if sync:
+        chunks = list(model.stream(BAKERY, config))
+    else:
+        chunks = [c async for c in model.astream(BAKERY, config)]
+    (chunk,) = chunks
+    assert "\\boxed{216}" in chunk.text
+    assert chunk.chunk_position == "last" and chunk.usage_metadata is not None
+    (model_run,) = recorder.model_runs
+    names = {name for name, _, _ in recorder.events}
+    assert {"deepprune.trace_pruned", "deepprune.vote", "deepprune.run_completed"} <= names
+    assert {run_id for _, _, run_id in recorder.events} == {model_run}
+    judges = [c for c in recorder.chains if c["name"] == "deepprune_judge"]
+    assert judges and {c["parent_run_id"] for c in judges} == {model_run}
+
+
+async def test_astream_events_on_the_bare_model_ties_events_and_streams_the_answer_once() -> None:
+    events = [e async for e in make_model().astream_events(BAKERY, version="v2")]
+    (start,) = [e for e in events if e["event"] == "on_chat_model_start"]
+    custom = [e for e in events if e["event"] == "on_custom_event"]
+    assert {"deepprune.trace_pruned", "deepprune.run_completed"} <= {e["name"] for e in custom}
+    assert {e["run_id"] for e in custom} == {start["run_id"]}
+    (stream_event,) = [e for e in events if e["event"] == "on_chat_model_stream"]
+    (end,) = [e for e in events if e["event"] == "on_chat_model_end"]
+    assert end["data"]["output"].text == stream_event["data"]["chunk"].text
+    assert "\\boxed{216}" in end["data"]["output"].text
 
 
 # -- LangGraph ----------------------------------------------------------------------------------------

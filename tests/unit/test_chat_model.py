@@ -391,6 +391,37 @@ def test_stream_adds_up_to_the_invoke_message(make: Any) -> None:
     assert _comparable(streamed) == _comparable(invoked)
 
 
+async def test_cancelling_an_astream_mid_run_stops_every_trace() -> None:
+    backend = ReplayBackend(POOL, yield_every=1, seconds_per_token=0.002)
+    model = make_model(backend)
+
+    async def consume() -> list[AIMessageChunk]:
+        return await _collect(model.astream(BAKERY))
+
+    task = asyncio.create_task(consume())
+    while not backend.live_requests():
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.live_requests() == set()
+
+
+async def test_closing_an_astream_after_the_answer_ends_the_run_cleanly() -> None:
+    from langchain_core.tracers.context import collect_runs
+
+    backend = ReplayBackend(POOL, yield_every=1)
+    with collect_runs() as runs:
+        stream = make_model(backend).astream(BAKERY)
+        async for chunk in stream:
+            assert "\\boxed{216}" in chunk.text
+            break
+        await stream.aclose()  # type: ignore[attr-defined]
+    (run,) = [r for r in runs.traced_runs if r.run_type == "llm"]
+    assert run.error is None and run.outputs is not None
+    assert backend.live_requests() == set()
+
+
 @pytest.mark.parametrize("make", [make_model, lambda: think_model()[0]])
 async def test_astream_adds_up_to_the_ainvoke_message(make: Any) -> None:
     model = make()
@@ -494,13 +525,17 @@ def test_model_copy_with_new_pruning_runs_with_the_new_settings() -> None:
     assert sum(statuses.values()) == 8
 
 
-def test_judge_an_installed_integration_lacks_fails_clearly() -> None:
-    import pytest as _pytest
+def test_judge_an_installed_integration_lacks_fails_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deepprune_lc import specs
 
-    from deepprune_lc.specs import resolve_judge
-
-    with _pytest.raises((NotImplementedError, ImportError), match="embedding"):
-        resolve_judge("embedding")
+    # An older integration release without the factory: point the kind at a name that is missing.
+    monkeypatch.setitem(
+        specs.JUDGE_KINDS, "embedding", ("deepprune_lc.judges", "no_such_factory", "deepprune-x")
+    )
+    with pytest.raises(NotImplementedError, match=r"deepprune-x does not provide it"):
+        specs.resolve_judge("embedding:older-release")
 
 
 def test_runner_is_reused_across_calls_and_rebuilt_on_new_settings() -> None:
