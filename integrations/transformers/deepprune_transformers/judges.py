@@ -281,8 +281,12 @@ class EmbeddingJudge:
         return _logistic(self.config.slope * (cos - self.config.midpoint))
 
     def similarity(self, a: str, b: str) -> float:
-        """Cosine similarity of two texts' embeddings (blocking; loads the model if needed)."""
-        vectors, _ = self._embed([a, b])
+        """Cosine similarity of two texts' embeddings (blocking; loads the model if needed).
+
+        Runs on the judge's worker thread like ``score``, so the model and the cache are only ever
+        touched by that thread.
+        """
+        vectors, _ = self._worker.executor().submit(self._embed, [a, b]).result()
         return _cosine(vectors[a], vectors[b])
 
     async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:

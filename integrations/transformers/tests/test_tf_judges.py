@@ -106,6 +106,8 @@ async def test_embedding_judge_orders_identical_paraphrase_unrelated(
     assert cosines[0] == pytest.approx(1.0, abs=1e-5)
     assert cosines[2] < 0.3
     assert scores.details["judge"] == "all-MiniLM-L6-v2"
+    # The blocking helper gives the same cosine (it runs on the judge's worker thread too).
+    assert minilm.similarity(MATH_A, UNRELATED) == pytest.approx(cosines[2], abs=1e-9)
 
 
 async def test_embedding_prefill_tokens_are_the_encoders_tokens() -> None:
