@@ -154,6 +154,6 @@ def _train(directory: str | Path, *, steps: int, seed: int) -> Path:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     model.save_pretrained(path, safe_serialization=True)
     return Path(path)
