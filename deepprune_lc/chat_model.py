@@ -29,7 +29,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.utils import LC_ID_PREFIX
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from deepprune_lc._loop import run_sync
 from deepprune_lc.answers import AnswerRules
@@ -49,6 +49,10 @@ from deepprune_lc.specs import check_backend_spec, check_judge_spec, resolve_bac
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 #: LangChain's standard sampling parameters, accepted flat and folded into ``sampling``.
 _SAMPLING_SHORTCUTS = ("temperature", "top_p", "top_k", "max_tokens", "stop")
+#: Parameters generic LangChain tooling passes to every chat model, meaningless here: a local engine
+#: has no client to retry or authenticate, and the answer is one chunk whether streamed or not.
+_DROPPED_CLIENT_PARAMS = ("max_retries", "api_key", "streaming")
+_STANDARD_PARAMS = frozenset({*_SAMPLING_SHORTCUTS, *_DROPPED_CLIENT_PARAMS, "timeout"})
 
 
 class _ChunkHandoff:
@@ -128,25 +132,30 @@ class DeepPruneReasoner(BaseChatModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _fold_sampling_shortcuts(cls, data: Any) -> Any:
-        """``temperature=0, max_tokens=512, stop=[...]`` set the matching ``sampling`` fields.
+    def _fold_standard_parameters(cls, data: Any) -> Any:
+        """Take LangChain's standard chat-model parameters flat; refuse any other unknown name.
 
-        They are LangChain's standard chat-model parameters (``init_chat_model`` and the standard
-        tests pass them flat); without this pydantic would drop them silently. Flat values win over
-        the same fields of an explicit ``sampling``.
+        ``temperature``, ``top_p``, ``top_k``, ``max_tokens`` and ``stop`` set the matching
+        ``sampling`` fields and ``timeout`` sets ``pruning.deadline_s`` (the run's wall-clock
+        budget: at the deadline running traces are aborted and the finished ones vote). Flat values
+        win over the same fields of an explicit config. ``max_retries``, ``api_key`` and
+        ``streaming``, which generic LangChain tooling passes to any chat model, mean nothing here
+        and are dropped. Anything else is an error that names the argument, so ``n_traces=32`` is not
+        silently ignored (pydantic would drop it).
         """
         if not isinstance(data, dict):
             return data
+        _refuse_unknown_arguments(cls, data)
+        data = {k: v for k, v in data.items() if k not in _DROPPED_CLIENT_PARAMS}
+        if data.get("timeout") is not None:
+            data = _fold(data, "pruning", PruningConfig, {"deadline_s": data["timeout"]})
+        data.pop("timeout", None)
         flat = {k: data[k] for k in _SAMPLING_SHORTCUTS if data.get(k) is not None}
-        sampling = data.get("sampling")
-        if not flat or not isinstance(sampling, SamplingConfig | dict | None):
-            return data  # nothing to fold, or a bad ``sampling`` that validation will report
         if "stop" in flat:
             stop = flat["stop"]
             flat["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        base = sampling.model_dump() if isinstance(sampling, SamplingConfig) else (sampling or {})
-        rest = {k: v for k, v in data.items() if k not in _SAMPLING_SHORTCUTS}
-        return {**rest, "sampling": {**base, **flat}}
+        data = {k: v for k, v in data.items() if k not in _SAMPLING_SHORTCUTS}
+        return _fold(data, "sampling", SamplingConfig, flat) if flat else data
 
     @field_validator("backend")
     @classmethod
@@ -471,6 +480,32 @@ class DeepPruneReasoner(BaseChatModel):
             self.arun(messages, stop=stop, run_manager=run_manager, stream_writer=writer, **kwargs)
         )
         yield ChatGenerationChunk(message=self._message(result, chunk=True))
+
+
+def _refuse_unknown_arguments(model: type[BaseChatModel], data: dict[str, Any]) -> None:
+    known = set(model.model_fields) | {
+        f.alias for f in model.model_fields.values() if f.alias is not None
+    }
+    unknown = sorted(k for k in data if k not in known and k not in _STANDARD_PARAMS)
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        for field, config in (("pruning", PruningConfig), ("sampling", SamplingConfig)):
+            if name in config.model_fields:
+                hints.append(f"{name} is a {config.__name__} setting: pass {field}=")
+                hints[-1] += f"{config.__name__}({name}=...)"
+    detail = f" ({'; '.join(hints)})" if hints else ""
+    raise ValueError(f"DeepPruneReasoner got unknown arguments {unknown}{detail}")
+
+
+def _fold(data: dict[str, Any], key: str, config: type[BaseModel], values: dict[str, Any]) -> Any:
+    """``data`` with ``values`` laid over its ``key`` config (an object, a dict or absent)."""
+    current = data.get(key)
+    if not isinstance(current, config | dict | None):
+        return data  # a bad config, which field validation will report
+    base = current.model_dump() if isinstance(current, BaseModel) else (current or {})
+    return {**data, key: {**base, **values}}
 
 
 def _as_last_chunk(message: BaseMessage) -> AIMessageChunk:

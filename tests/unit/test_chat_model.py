@@ -168,6 +168,25 @@ def test_standard_sampling_params_fold_into_sampling() -> None:
     assert params["ls_stop"] == ["###"]
 
 
+def test_timeout_is_the_runs_deadline_and_client_params_are_accepted() -> None:
+    model = make_model(timeout=30, max_retries=2, api_key="unused", streaming=True)
+    assert model.pruning == PRUNING.model_copy(update={"deadline_s": 30.0})
+    assert make_model().pruning.deadline_s is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"n_traces": 32}, r"\['n_traces'\].*pass pruning=PruningConfig\(n_traces=\.\.\.\)"),
+        ({"seed": 1}, r"seed is a PruningConfig setting"),
+        ({"repetition_penalty": 1.1}, r"unknown arguments \['repetition_penalty'\]"),
+    ],
+)
+def test_unknown_constructor_arguments_are_named(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValidationError, match=error):
+        make_model(**kwargs)
+
+
 def test_max_tokens_reaches_the_backend(recorded_requests: list[tuple[int, TraceRequest]]) -> None:
     model = make_model(max_tokens=30)
     message = model.invoke(BAKERY)
