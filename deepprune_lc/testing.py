@@ -25,8 +25,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk
 
 from deepprune_lc.chat_model import DeepPruneReasoner
+from deepprune_lc.config import PruningConfig, SamplingConfig, TokensPrefix
 
-__all__ = ["IntegrationSuiteSettings", "SuiteCapabilities", "UnitSuiteSettings"]
+__all__ = [
+    "IntegrationSuiteSettings",
+    "SuiteCapabilities",
+    "UnitSuiteSettings",
+    "small_engine_params",
+]
 
 UsageDetail = Literal[
     "audio_input", "audio_output", "reasoning_output", "cache_read_input", "cache_creation_input"
@@ -123,3 +129,18 @@ class IntegrationSuiteSettings(SuiteCapabilities):
         assert message.usage_metadata is not None
         assert message.usage_metadata["input_token_details"]["cache_read"] > 0
         return message
+
+
+def small_engine_params(backend: str, *, judge: str = "lexical") -> dict[str, Any]:
+    """``chat_model_params`` for a suite on a tiny real model (the engines' own test suites).
+
+    Four traces, judged on 8-token prefixes, two finalists, at most 96 tokens each at temperature
+    1.0: every call really decodes, clusters, parks and resumes, in about a second. The integration
+    suite passes no sampling parameters; the unit suite's flat ``temperature``/``max_tokens`` win.
+    """
+    return {
+        "backend": backend,
+        "judge": judge,
+        "pruning": PruningConfig(n_traces=4, prefix=TokensPrefix(k=8), finalists=2),
+        "sampling": SamplingConfig(temperature=1.0, max_tokens=96),
+    }

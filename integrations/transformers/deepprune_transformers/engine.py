@@ -34,12 +34,30 @@ from transformers.cache_utils import DynamicLayer
 from deepprune_transformers.detok import IncrementalDetokenizer
 from deepprune_transformers.sampling import RowSampling, sample_tokens
 
-__all__ = ["BatchEngine", "EngineRow", "StepOutput"]
+__all__ = ["BatchEngine", "EngineRow", "StepOutput", "left_padded"]
 
 #: Upper bound on ``padded rows x columns`` of one prefill forward; longer admissions are split.
 PREFILL_TOKEN_BUDGET = 16384
 #: How many decode steps ``step_batch_sizes`` remembers (it is a ring, so a server does not leak).
 STEP_HISTORY = 1 << 16
+
+
+def left_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, position_ids)`` for a batch, padded on the left.
+
+    Left padding puts every row's last token in the last column, where the next-token logits are
+    read; positions count real tokens only, so a padded row sees the positions it would see alone.
+    """
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)
+    return ids, mask, positions
 
 
 @dataclass(eq=False, slots=True)
@@ -237,14 +255,7 @@ class BatchEngine:
     def _prefill(
         self, inputs: Sequence[tuple[int, ...]]
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-        width = max(len(ids) for ids in inputs)
-        ids = torch.full((len(inputs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for r, seq in enumerate(inputs):
-            ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[r, width - len(seq) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp_(min=0)
-        ids, mask, positions = (t.to(self.device) for t in (ids, mask, positions))
+        ids, mask, positions = (t.to(self.device) for t in left_padded(inputs, self.pad_token_id))
         cache = DynamicCache()
         out = self.model(
             input_ids=ids,

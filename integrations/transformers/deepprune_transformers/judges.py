@@ -152,6 +152,33 @@ def _limit_cpu_threads(num_threads: int | None, device_type: str) -> None:
 # ---------------------------------------------------------------------- embedding judge
 
 
+class _LazyModelJudge:
+    """What both model judges share: a model loaded on first use, and one worker thread for it."""
+
+    model_name: str
+    _model: Any
+    _worker: _Worker
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_name!r})"
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (it loads on the first ``score``)."""
+        return self._model is not None
+
+    def load(self) -> None:
+        """Load the model (and its tokenizer) now, blocking; safe to call more than once."""
+        self._load()
+
+    def close(self) -> None:
+        """Stop the worker thread (a later ``score`` starts a new one); the model stays loaded."""
+        self._worker.close()
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+
 class EmbeddingJudgeConfig(BaseModel):
     """Knobs of ``EmbeddingJudge``; the logistic defaults are calibrated (module docstring)."""
 
@@ -223,7 +250,7 @@ def _sentence_transformers_dir(model: str | os.PathLike[str]) -> Path:
     return path
 
 
-class EmbeddingJudge:
+class EmbeddingJudge(_LazyModelJudge):
     """Judge that maps the cosine similarity of prefix embeddings to P(same final answer).
 
     ``model`` is a local sentence-transformers directory; ``None`` is all-MiniLM-L6-v2 from the
@@ -256,22 +283,6 @@ class EmbeddingJudge:
         #: Texts encoded so far and tokens the encoder read for them (cache misses only).
         self.encoded_texts = 0
         self.encoded_tokens = 0
-
-    def __repr__(self) -> str:
-        return f"EmbeddingJudge({self.model_name!r})"
-
-    @property
-    def loaded(self) -> bool:
-        """Whether the model is in memory (it loads on the first ``score``)."""
-        return self._model is not None
-
-    def load(self) -> None:
-        """Load the model now (blocking); safe to call more than once."""
-        self._load()
-
-    def close(self) -> None:
-        """Stop the worker thread (a later ``score`` starts a new one); the model stays loaded."""
-        self._worker.close()
 
     def probability(self, cosine: float) -> float:
         """The configured map from cosine similarity in [-1, 1] to a probability in [0, 1]."""
@@ -454,7 +465,7 @@ class TransformersJudgeConfig(BaseModel):
         return self
 
 
-class TransformersJudge:
+class TransformersJudge(_LazyModelJudge):
     """Scores prefix pairs with a judge LLM on transformers: P(yes) from next-token logits.
 
     ``model`` is a local causal LM directory, a ``.gguf`` file, a hub id already in the local
@@ -496,22 +507,6 @@ class TransformersJudge:
         self._worker = _Worker("deepprune-judge")
         #: Forward passes run so far and their batch sizes (prompts per pass).
         self.forward_batch_sizes: list[int] = []
-
-    def __repr__(self) -> str:
-        return f"TransformersJudge({self.model_name!r})"
-
-    @property
-    def loaded(self) -> bool:
-        """Whether the model is in memory (it loads on the first ``score``)."""
-        return self._model is not None
-
-    def load(self) -> None:
-        """Load tokenizer and model now (blocking); safe to call more than once."""
-        self._load()
-
-    def close(self) -> None:
-        """Stop the worker thread (a later ``score`` starts a new one); the model stays loaded."""
-        self._worker.close()
 
     def label_token_ids(self) -> tuple[int, int]:
         """The first token of ``yes`` and of ``no`` (they must differ); loads the tokenizer."""
@@ -592,6 +587,8 @@ class TransformersJudge:
     def _score_sync(self, pairs: Sequence[PrefixPair]) -> tuple[list[float], int]:
         import torch
 
+        from deepprune_transformers.engine import left_padded
+
         self._load()
         assert self._label_ids is not None
         yes_id, no_id = self._label_ids
@@ -610,13 +607,7 @@ class TransformersJudge:
         with torch.inference_mode():
             for start in range(0, len(distinct), size):
                 chunk = distinct[start : start + size]
-                width = len(chunk[-1])
-                ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, prompt in enumerate(chunk):
-                    ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-                    mask[row, width - len(prompt) :] = 1
-                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                ids, mask, positions = left_padded(chunk, self._pad_id)
                 out = self._model(
                     input_ids=ids.to(self._device),
                     attention_mask=mask.to(self._device),

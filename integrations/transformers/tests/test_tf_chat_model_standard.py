@@ -15,8 +15,11 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from deepprune_lc import PruningConfig, SamplingConfig, TokensPrefix
-from deepprune_lc.testing import IntegrationSuiteSettings, UnitSuiteSettings
+from deepprune_lc.testing import (
+    IntegrationSuiteSettings,
+    UnitSuiteSettings,
+    small_engine_params,
+)
 
 
 class _OnTinyReasoner:
@@ -29,14 +32,7 @@ class _OnTinyReasoner:
     @property
     def chat_model_params(self) -> dict[str, Any]:
         assert self.model_dir is not None, "the tiny_reasoner_dir fixture sets it"
-        return {
-            "backend": f"transformers:{self.model_dir}",
-            "judge": "lexical",
-            "pruning": PruningConfig(n_traces=4, prefix=TokensPrefix(k=8), finalists=2),
-            # The integration suite passes no sampling parameters; the unit suite's flat
-            # temperature/max_tokens win over these.
-            "sampling": SamplingConfig(temperature=1.0, max_tokens=96),
-        }
+        return small_engine_params(f"transformers:{self.model_dir}")
 
 
 class TestTransformersReasonerUnit(_OnTinyReasoner, UnitSuiteSettings, ChatModelUnitTests):

@@ -18,9 +18,12 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 from vllm_helpers import ENGINE_KWARGS
 
-from deepprune_lc import PruningConfig, SamplingConfig, TokensPrefix
 from deepprune_lc.specs import resolve_backend
-from deepprune_lc.testing import IntegrationSuiteSettings, UnitSuiteSettings
+from deepprune_lc.testing import (
+    IntegrationSuiteSettings,
+    UnitSuiteSettings,
+    small_engine_params,
+)
 
 
 def engine_spec(model_dir: Path) -> str:
@@ -42,14 +45,7 @@ class _OnSessionEngine:
     @property
     def chat_model_params(self) -> dict[str, Any]:
         assert self.spec is not None, "the _spec fixture sets it"
-        return {
-            "backend": self.spec,
-            "judge": "lexical",
-            "pruning": PruningConfig(n_traces=4, prefix=TokensPrefix(k=8), finalists=2),
-            # The integration suite passes no sampling parameters; the unit suite's flat
-            # temperature/max_tokens win over these.
-            "sampling": SamplingConfig(temperature=1.0, max_tokens=96),
-        }
+        return small_engine_params(self.spec)
 
 
 class TestVLLMReasonerUnit(_OnSessionEngine, UnitSuiteSettings, ChatModelUnitTests):
