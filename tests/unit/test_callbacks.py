@@ -351,6 +351,35 @@ def test_graph_streams_events_and_the_answer_once() -> None:
     check_typed_events(recorder, "216")
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["stream", "astream"])
+async def test_a_node_that_streams_the_model_reports_events_and_the_answer_once(
+    asynchronous: bool,
+) -> None:
+    model = make_model()
+
+    async def reason_async(state: State) -> dict[str, Any]:
+        chunks = [chunk async for chunk in model.astream(state["messages"])]
+        return {"messages": chunks}
+
+    def reason_sync(state: State) -> dict[str, Any]:
+        return {"messages": list(model.stream(state["messages"]))}
+
+    builder = StateGraph(State)
+    builder.add_node("reason", reason_async if asynchronous else reason_sync)
+    builder.add_edge(START, "reason")
+    graph = builder.compile()
+
+    recorder = Recorder()
+    state: Any = {"messages": [("user", BAKERY)]}
+    config: Any = {"callbacks": [recorder]}
+    parts = [p async for p in graph.astream(state, config, stream_mode=["messages", "custom"])]
+    custom = [data for mode, data in parts if mode == "custom"]
+    assert {item["event"] for item in custom} >= {"deepprune.trace_pruned", "deepprune.vote"}
+    messages = [data[0] for mode, data in parts if mode == "messages"]
+    assert len(messages) == 1 and "\\boxed{216}" in messages[0].text
+    check_typed_events(recorder, "216")
+
+
 class ModelCallingJudge:
     """A judge that asks a LangChain chat model (as a model-based judge would), with no config."""
 
