@@ -426,6 +426,46 @@ async def test_cancelling_an_astream_mid_run_stops_every_trace() -> None:
     assert backend.live_requests() == set()
 
 
+class _DiesMidStream:
+    """Fault injection: trace 2 raises after 5 tokens (a real engine cannot be made to)."""
+
+    def __init__(self, inner: ReplayBackend) -> None:
+        self.inner = inner
+
+    async def stream(self, request: TraceRequest) -> AsyncIterator[Any]:
+        stream = self.inner.stream(request)
+        try:
+            count = 0
+            async for delta in stream:
+                if request.trace_index == 2 and count >= 5:
+                    raise ConnectionError("engine died")
+                count += 1
+                yield delta
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def abort(self, request_id: str) -> None:
+        await self.inner.abort(request_id)
+
+    def count_prompt_tokens(self, prompt: object) -> int:
+        return 0
+
+
+async def test_an_astream_that_fails_mid_run_raises_with_the_partial_result() -> None:
+    from langchain_core.tracers.context import collect_runs
+
+    from deepprune_lc.errors import GenerationError
+
+    backend = ReplayBackend(POOL, yield_every=1)
+    with collect_runs() as runs, pytest.raises(GenerationError, match="trace 2") as caught:
+        await _collect(make_model(_DiesMidStream(backend)).astream(BAKERY))
+    partial = caught.value.partial_result
+    assert partial is not None and partial.totals.decoded_tokens > 5
+    assert backend.live_requests() == set()
+    (run,) = [r for r in runs.traced_runs if r.run_type == "llm"]
+    assert run.error is not None and "trace 2" in run.error
+
+
 async def test_closing_an_astream_after_the_answer_ends_the_run_cleanly() -> None:
     from langchain_core.tracers.context import collect_runs
 
