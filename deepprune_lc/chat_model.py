@@ -489,12 +489,12 @@ def _refuse_unknown_arguments(model: type[BaseChatModel], data: dict[str, Any]) 
     unknown = sorted(k for k in data if k not in known and k not in _STANDARD_PARAMS)
     if not unknown:
         return
-    hints = []
-    for name in unknown:
-        for field, config in (("pruning", PruningConfig), ("sampling", SamplingConfig)):
-            if name in config.model_fields:
-                hints.append(f"{name} is a {config.__name__} setting: pass {field}=")
-                hints[-1] += f"{config.__name__}({name}=...)"
+    hints = [
+        f"{name} is a {config.__name__} setting: pass {field}={config.__name__}({name}=...)"
+        for name in unknown
+        for field, config in (("pruning", PruningConfig), ("sampling", SamplingConfig))
+        if name in config.model_fields
+    ]
     detail = f" ({'; '.join(hints)})" if hints else ""
     raise ValueError(f"DeepPruneReasoner got unknown arguments {unknown}{detail}")
 

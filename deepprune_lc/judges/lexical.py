@@ -32,13 +32,13 @@ and as a baseline in comparisons, not as evidence of what a trained judge would 
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepprune_lc.judges.common import logistic
 from deepprune_lc.ports import JudgeScores, PrefixPair
 
 __all__ = ["LexicalJudge", "LexicalJudgeConfig", "jaccard", "ngram_set"]
@@ -100,8 +100,7 @@ class LexicalJudge:
 
     def probability(self, similarity: float) -> float:
         """Logistic map from similarity to probability."""
-        z = -self.config.slope * (similarity - self.config.midpoint)
-        return 1.0 / (1.0 + math.exp(z))
+        return logistic(self.config.slope * (similarity - self.config.midpoint))
 
     async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
         """Score every pair; reads no model, so ``prefill_tokens`` is 0."""

@@ -40,8 +40,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from deepprune_lc.ports import Prompt, TraceDelta, TraceRequest
 from deepprune_transformers.models import (
     default_cache_dir,
+    limit_cpu_threads,
     load_model,
     load_tokenizer,
+    pad_token_id,
+    pick_device,
+    pick_dtype,
     resolve_model_source,
 )
 
@@ -272,16 +276,12 @@ class TransformersBackend:
 
             from deepprune_transformers.engine import BatchEngine
 
-            device = torch.device(_pick_device(self._device_arg))
-            if self.num_threads is not None:
-                torch.set_num_threads(self.num_threads)
-            elif device.type == "cpu":
-                spare_one = max(1, (os.cpu_count() or 1) - 1)
-                torch.set_num_threads(min(torch.get_num_threads(), spare_one))
+            device = torch.device(pick_device(self._device_arg))
+            limit_cpu_threads(self.num_threads, device.type)
             model = load_model(
                 self._source,
                 self._gguf_file,
-                dtype=_pick_dtype(self._dtype_arg, device),
+                dtype=pick_dtype(self._dtype_arg, device),
                 gguf_cache=self._gguf_cache,
                 tokenizer=self._tokenizer,
             )
@@ -292,7 +292,7 @@ class TransformersBackend:
                 _decoder(tokenizer),
                 device=device,
                 eos_token_ids=_eos_ids(model, tokenizer),
-                pad_token_id=_pad_id(model, tokenizer),
+                pad_token_id=pad_token_id(model, tokenizer),
                 ignore_eos=self.ignore_eos,
             )
 
@@ -535,28 +535,6 @@ def _default_name(source: str, gguf_file: str | None) -> str:
     return Path(source).name or source
 
 
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _pick_dtype(dtype: Any, device: torch.device) -> Any:
-    """float32 on CPU (half precision is slow or unsupported there); the checkpoint's on GPU."""
-    import torch
-
-    if dtype is None:
-        return torch.float32 if device.type == "cpu" else "auto"
-    if isinstance(dtype, str) and dtype != "auto":
-        resolved = getattr(torch, dtype, None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
-        return resolved
-    return dtype
-
-
 def _decoder(tokenizer: Any) -> Any:
     """A fast ``ids -> text`` function (the Rust tokenizer when there is one)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -588,14 +566,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         ids |= _as_ids(generation_config.eos_token_id)
     ids |= _as_ids(getattr(model.config, "eos_token_id", None))
     return frozenset(ids)
-
-
-def _pad_id(model: Any, tokenizer: Any) -> int:
-    for candidate in (
-        getattr(tokenizer, "pad_token_id", None),
-        getattr(model.config, "pad_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-    ):
-        if isinstance(candidate, int):
-            return candidate
-    return 0

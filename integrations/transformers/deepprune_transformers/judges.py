@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import math
 import os
 import threading
 from collections import OrderedDict
@@ -59,7 +58,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deepprune_lc.judges.common import DEFAULT_JUDGE_TEMPLATE, logistic
 from deepprune_lc.ports import JudgeScores, PrefixPair
+from deepprune_transformers.models import limit_cpu_threads, pick_device
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
@@ -83,14 +84,6 @@ EMBEDDING_ALIASES = frozenset(
     {"all-minilm-l6-v2", "minilm", "sentence-transformers/all-minilm-l6-v2"}
 )
 
-#: Same text as ``deepprune_vllm.judge.DEFAULT_JUDGE_TEMPLATE`` (copied: this package does not
-#: depend on the vLLM one), so a judge model scores the same prompt on either engine.
-DEFAULT_JUDGE_TEMPLATE = (
-    "Two reasoning traces for the same problem were stopped early.\n\n"
-    "Trace A:\n{prefix_a}\n\n"
-    "Trace B:\n{prefix_b}\n\n"
-    "Will both traces reach the same final answer? Answer Yes or No."
-)
 
 # ---------------------------------------------------------------------- shared worker plumbing
 
@@ -116,37 +109,10 @@ class _Worker:
             executor.shutdown(wait=True)
 
 
-def _logistic(z: float) -> float:
-    """1 / (1 + exp(-z)) without overflow."""
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
 def _check_device(device: str) -> str:
     if not isinstance(device, str) or not device:
         raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return device
-
-
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _limit_cpu_threads(num_threads: int | None, device_type: str) -> None:
-    """As ``TransformersBackend`` does: leave one core to the event loop unless told otherwise."""
-    import torch
-
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    elif device_type == "cpu":
-        spare_one = max(1, (os.cpu_count() or 1) - 1)
-        torch.set_num_threads(min(torch.get_num_threads(), spare_one))
 
 
 # ---------------------------------------------------------------------- embedding judge
@@ -279,7 +245,7 @@ class EmbeddingJudge(_LazyModelJudge):
         self._model: Any = None
         self._load_lock = threading.Lock()
         self._worker = _Worker("deepprune-embed")
-        self._cache: OrderedDict[str, tuple[float, ...]] = OrderedDict()
+        self._cache: OrderedDict[str, Any] = OrderedDict()  # text -> unit embedding (numpy)
         #: Texts encoded so far and tokens the encoder read for them (cache misses only).
         self.encoded_texts = 0
         self.encoded_tokens = 0
@@ -289,7 +255,7 @@ class EmbeddingJudge(_LazyModelJudge):
         cos = min(1.0, max(-1.0, cosine))
         if self.config.mapping == "linear":
             return (cos + 1.0) / 2.0
-        return _logistic(self.config.slope * (cos - self.config.midpoint))
+        return logistic(self.config.slope * (cos - self.config.midpoint))
 
     def similarity(self, a: str, b: str) -> float:
         """Cosine similarity of two texts' embeddings (blocking; loads the model if needed).
@@ -297,17 +263,16 @@ class EmbeddingJudge(_LazyModelJudge):
         Runs on the judge's worker thread like ``score``, so the model and the cache are only ever
         touched by that thread.
         """
-        vectors, _ = self._worker.executor().submit(self._embed, [a, b]).result()
-        return _cosine(vectors[a], vectors[b])
+        (cosine,), _ = self._worker.executor().submit(self._cosines, [(a, b)]).result()
+        return cosine
 
     async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
-        """P(same final answer) per pair; encoding runs on the judge's worker thread."""
+        """P(same final answer) per pair; encoding and cosines run on the judge's worker thread."""
         if not pairs:
             return JudgeScores([], prefill_tokens=0, details={"judge": self.model_name})
-        texts = list(dict.fromkeys(t for p in pairs for t in (p.prefix_a, p.prefix_b)))
+        texts = [(p.prefix_a, p.prefix_b) for p in pairs]
         loop = asyncio.get_running_loop()
-        vectors, tokens = await loop.run_in_executor(self._worker.executor(), self._embed, texts)
-        cosines = [_cosine(vectors[p.prefix_a], vectors[p.prefix_b]) for p in pairs]
+        cosines, tokens = await loop.run_in_executor(self._worker.executor(), self._cosines, texts)
         return JudgeScores(
             [self.probability(c) for c in cosines],
             prefill_tokens=tokens,
@@ -327,8 +292,8 @@ class EmbeddingJudge(_LazyModelJudge):
                     "the embedding judge needs sentence-transformers: "
                     "pip install 'deepprune-transformers[embedding]'"
                 ) from exc
-            device = _pick_device(self.config.device)
-            _limit_cpu_threads(self.config.num_threads, device.split(":")[0])
+            device = pick_device(self.config.device)
+            limit_cpu_threads(self.config.num_threads, device.split(":")[0])
             from transformers.utils import logging as hf_logging
 
             # A per-tensor progress bar is noise inside a judge; put the user's setting back after.
@@ -347,11 +312,11 @@ class EmbeddingJudge(_LazyModelJudge):
             self._model = model
             return model
 
-    def _embed(self, texts: Sequence[str]) -> tuple[dict[str, tuple[float, ...]], int]:
+    def _embed(self, texts: Sequence[str]) -> tuple[dict[str, Any], int]:
         """Embeddings of the distinct ``texts`` (cached ones reused) and the tokens read."""
         model = self._load()
         cache = self._cache
-        found: dict[str, tuple[float, ...]] = {}
+        found: dict[str, Any] = {}
         missing: list[str] = []
         for text in dict.fromkeys(texts):
             vector = cache.get(text)
@@ -373,8 +338,7 @@ class EmbeddingJudge(_LazyModelJudge):
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-            for text, row in zip(missing, encoded, strict=True):
-                vector = tuple(float(x) for x in row)
+            for text, vector in zip(missing, encoded, strict=True):
                 found[text] = vector
                 if self.config.cache_size > 0:
                     cache[text] = vector
@@ -384,15 +348,15 @@ class EmbeddingJudge(_LazyModelJudge):
             self.encoded_tokens += tokens
         return found, tokens
 
+    def _cosines(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], int]:
+        """Cosine of each text pair (embeddings are unit-normalised: a row-wise dot product)."""
+        import numpy as np
 
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    """Cosine similarity; the vectors are unit-normalised already, norms guard the edge cases."""
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    na = math.sqrt(sum(x * x for x in a))
-    nb = math.sqrt(sum(y * y for y in b))
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return max(-1.0, min(1.0, dot / (na * nb)))
+        vectors, tokens = self._embed([text for pair in pairs for text in pair])
+        a = np.stack([vectors[x] for x, _ in pairs])
+        b = np.stack([vectors[y] for _, y in pairs])
+        cosines = np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)
+        return [float(c) for c in cosines], tokens
 
 
 def embedding_judge_from_spec(arg: str) -> EmbeddingJudge:
@@ -537,8 +501,12 @@ class TransformersJudge(_LazyModelJudge):
                 return
             import torch
 
-            from deepprune_transformers.backend import _pad_id, _pick_dtype
-            from deepprune_transformers.models import load_model, load_tokenizer
+            from deepprune_transformers.models import (
+                load_model,
+                load_tokenizer,
+                pad_token_id,
+                pick_dtype,
+            )
 
             tokenizer = load_tokenizer(self._source, self._gguf_file, gguf_cache=self._gguf_cache)
             yes = tokenizer.encode(self.config.yes, add_special_tokens=False)
@@ -548,19 +516,19 @@ class TransformersJudge(_LazyModelJudge):
                     f"yes={self.config.yes!r} and no={self.config.no!r} start with the same token "
                     f"in {self.model_name}'s tokenizer"
                 )
-            device = torch.device(_pick_device(self.config.device))
-            _limit_cpu_threads(self.config.num_threads, device.type)
+            device = torch.device(pick_device(self.config.device))
+            limit_cpu_threads(self.config.num_threads, device.type)
             model = load_model(
                 self._source,
                 self._gguf_file,
-                dtype=_pick_dtype(self.config.dtype, device),
+                dtype=pick_dtype(self.config.dtype, device),
                 gguf_cache=self._gguf_cache,
                 tokenizer=tokenizer,
             )
             model.to(device)
             self._tokenizer = tokenizer
             self._label_ids = (int(yes[0]), int(no[0]))
-            self._pad_id = _pad_id(model, tokenizer)
+            self._pad_id = pad_token_id(model, tokenizer)
             self._device = device
             self._model = model
 
@@ -621,7 +589,7 @@ class TransformersJudge(_LazyModelJudge):
                     margins[prompt] = float(value)
                 self.forward_batch_sizes.append(len(chunk))
         # log P(yes) - log P(no) = logit(yes) - logit(no): the softmax normaliser cancels.
-        probabilities = [_logistic(margins[ids]) for ids in prompts]
+        probabilities = [logistic(margins[ids]) for ids in prompts]
         return probabilities, sum(len(ids) for ids in distinct)
 
 

@@ -25,8 +25,12 @@ __all__ = [
     "DEFAULT_CACHE_ENV",
     "SMOLLM2_PACKAGE",
     "default_cache_dir",
+    "limit_cpu_threads",
     "load_model",
     "load_tokenizer",
+    "pad_token_id",
+    "pick_device",
+    "pick_dtype",
     "resolve_model_source",
     "smollm2_gguf",
 ]
@@ -190,3 +194,56 @@ def _write_cache_entry(model: Any, tokenizer: Any, entry: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
     except Exception:  # best effort: the model is loaded either way
         return
+
+
+# -- placement, shared by the backend and the judges ----------------------------------------------
+
+
+def pick_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: Any, device: Any) -> Any:
+    """float32 on CPU (half precision is slow or unsupported there); the checkpoint's on GPU."""
+    import torch
+
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else "auto"
+    if isinstance(dtype, str) and dtype != "auto":
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
+        return resolved
+    return dtype
+
+
+def limit_cpu_threads(num_threads: int | None, device_type: str) -> None:
+    """Set torch's intra-op threads: ``num_threads`` if given, else on CPU leave one core spare.
+
+    The spare core keeps the event loop (where the DeepPrune driver runs) responsive; on a small
+    machine torch's full thread pool under contention is also 5-20x slower for small models.
+    """
+    import torch
+
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    elif device_type == "cpu":
+        spare_one = max(1, (os.cpu_count() or 1) - 1)
+        torch.set_num_threads(min(torch.get_num_threads(), spare_one))
+
+
+def pad_token_id(model: Any, tokenizer: Any) -> int:
+    """The id to pad batches with: the tokenizer's pad token, the model's, else end-of-sequence."""
+    for candidate in (
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(model.config, "pad_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    ):
+        if isinstance(candidate, int):
+            return candidate
+    return 0

@@ -15,21 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from deepprune_lc.judges.common import DEFAULT_JUDGE_TEMPLATE, logistic
 from deepprune_lc.ports import JudgeScores, PrefixPair, Prompt
 from deepprune_vllm.backend import VLLMBackend
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "VLLMJudge"]
 
-DEFAULT_JUDGE_TEMPLATE = (
-    "Two reasoning traces for the same problem were stopped early.\n\n"
-    "Trace A:\n{prefix_a}\n\n"
-    "Trace B:\n{prefix_b}\n\n"
-    "Will both traces reach the same final answer? Answer Yes or No."
-)
 
 _batches = itertools.count()
 
@@ -133,7 +127,4 @@ def _yes_probability(log_yes: float, log_no: float) -> float:
     """exp(log_yes) / (exp(log_yes) + exp(log_no)), without overflow; 0.5 when both are -inf."""
     if log_yes == log_no:
         return 0.5
-    margin = log_yes - log_no
-    if margin >= 0:
-        return 1.0 / (1.0 + math.exp(-margin))
-    return math.exp(margin) / (1.0 + math.exp(margin))
+    return logistic(log_yes - log_no)
