@@ -12,8 +12,9 @@ vLLM), so they live here once; a backend's suite mixes in the settings and names
         def chat_model_params(self) -> dict[str, Any]:
             return {"backend": "vllm:<model>", "judge": "lexical", "pruning": PruningConfig(...)}
 
-This module does not import langchain-tests (a test dependency); the mixins only answer its
-questions and add the two usage probes its integration suite leaves to each model.
+This module does not import langchain-tests; the mixins only answer its questions and add the two
+usage probes its integration suite leaves to each model. It needs pytest (for the documented xfail),
+so, like langchain-tests itself, it is for test code only.
 """
 
 from __future__ import annotations
