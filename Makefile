@@ -42,6 +42,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check deepprune_lc tests benchmarks examples integrations
 	$(BIN)/ruff format --check deepprune_lc tests benchmarks examples integrations
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from deepprune_lc.backends.pool import load_trace_pool
+from deepprune_lc.backends.tokenizer import RegexTokenizer
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig, jaccard, ngram_set
-from deepprune_lc.pool import load_trace_pool
-from deepprune_lc.tokenizer import RegexTokenizer
 
 DEFAULT_POOL = Path(__file__).resolve().parents[2] / "shared/data/traces/qwen25math_cot8_dev.jsonl"
 

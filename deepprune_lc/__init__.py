@@ -2,36 +2,89 @@
 
 Sample many chain-of-thought traces, let a judge spot the ones heading to the same answer from short
 prefixes, stop the redundant ones early, finish a few, and vote.
+
+Importing the package is cheap: every public name is loaded on first use (PEP 562), so code that
+only needs the core never imports LangChain, and the chat model loads when it is first named.
 """
 
-from deepprune_lc.answers import AnswerRules, extract_answer, extract_choice, math_equivalent
-from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.callbacks import DeepPruneCallbackHandler
-from deepprune_lc.chat_model import DeepPruneReasoner
-from deepprune_lc.config import (
-    DEFAULT_REASONING_WORDS,
-    EarlyStoppingConfig,
-    PruningConfig,
-    ReasoningWordsPrefix,
-    SamplingConfig,
-    TokensPrefix,
-)
-from deepprune_lc.errors import DeepPruneError, GenerationError, JudgeError
-from deepprune_lc.events import DeepPruneEvent
-from deepprune_lc.judges.lexical import LexicalJudge
-from deepprune_lc.pool import TracePool, TracePoolError, load_trace_pool
-from deepprune_lc.ports import (
-    GenerationBackend,
-    Judge,
-    JudgeScores,
-    PrefixPair,
-    TraceDelta,
-    TraceRequest,
-)
-from deepprune_lc.result import DeepPruneResult
-from deepprune_lc.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deepprune_lc.backends.pool import TracePool, TracePoolError, load_trace_pool
+    from deepprune_lc.backends.replay import ReplayBackend
+    from deepprune_lc.core.answers import (
+        AnswerRules,
+        extract_answer,
+        extract_choice,
+        math_equivalent,
+    )
+    from deepprune_lc.core.config import (
+        DEFAULT_REASONING_WORDS,
+        EarlyStoppingConfig,
+        PruningConfig,
+        ReasoningWordsPrefix,
+        SamplingConfig,
+        TokensPrefix,
+    )
+    from deepprune_lc.core.errors import DeepPruneError, GenerationError, JudgeError
+    from deepprune_lc.core.events import DeepPruneEvent
+    from deepprune_lc.core.ports import (
+        GenerationBackend,
+        Judge,
+        JudgeScores,
+        PrefixPair,
+        TraceDelta,
+        TraceRequest,
+    )
+    from deepprune_lc.core.result import DeepPruneResult
+    from deepprune_lc.judges.lexical import LexicalJudge
+    from deepprune_lc.langchain.callbacks import DeepPruneCallbackHandler
+    from deepprune_lc.langchain.chat_model import DeepPruneReasoner
+    from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
+
+try:
+    __version__ = version("deepprune-lc")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "AnswerRules": "deepprune_lc.core.answers",
+    "extract_answer": "deepprune_lc.core.answers",
+    "extract_choice": "deepprune_lc.core.answers",
+    "math_equivalent": "deepprune_lc.core.answers",
+    "DEFAULT_REASONING_WORDS": "deepprune_lc.core.config",
+    "EarlyStoppingConfig": "deepprune_lc.core.config",
+    "PruningConfig": "deepprune_lc.core.config",
+    "ReasoningWordsPrefix": "deepprune_lc.core.config",
+    "SamplingConfig": "deepprune_lc.core.config",
+    "TokensPrefix": "deepprune_lc.core.config",
+    "DeepPruneError": "deepprune_lc.core.errors",
+    "GenerationError": "deepprune_lc.core.errors",
+    "JudgeError": "deepprune_lc.core.errors",
+    "DeepPruneEvent": "deepprune_lc.core.events",
+    "GenerationBackend": "deepprune_lc.core.ports",
+    "Judge": "deepprune_lc.core.ports",
+    "JudgeScores": "deepprune_lc.core.ports",
+    "PrefixPair": "deepprune_lc.core.ports",
+    "TraceDelta": "deepprune_lc.core.ports",
+    "TraceRequest": "deepprune_lc.core.ports",
+    "DeepPruneResult": "deepprune_lc.core.result",
+    "ReplayBackend": "deepprune_lc.backends.replay",
+    "TracePool": "deepprune_lc.backends.pool",
+    "TracePoolError": "deepprune_lc.backends.pool",
+    "load_trace_pool": "deepprune_lc.backends.pool",
+    "LexicalJudge": "deepprune_lc.judges.lexical",
+    "DeepPrune": "deepprune_lc.runtime.runner",
+    "EarlyStoppingSelfConsistency": "deepprune_lc.runtime.runner",
+    "SelfConsistency": "deepprune_lc.runtime.runner",
+    "DeepPruneCallbackHandler": "deepprune_lc.langchain.callbacks",
+    "DeepPruneReasoner": "deepprune_lc.langchain.chat_model",
+}
 
 __all__ = [
     "DEFAULT_REASONING_WORDS",
@@ -67,3 +120,16 @@ __all__ = [
     "load_trace_pool",
     "math_equivalent",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deepprune_lc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

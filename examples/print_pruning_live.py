@@ -13,8 +13,7 @@ import asyncio
 from uuid import UUID
 
 from deepprune_lc import DeepPruneCallbackHandler, DeepPruneReasoner, PruningConfig, TokensPrefix
-from deepprune_lc.demo import load_demo_pool
-from deepprune_lc.events import (
+from deepprune_lc.core.events import (
     TraceAborted,
     TraceClustered,
     TraceFinished,
@@ -22,6 +21,7 @@ from deepprune_lc.events import (
     TraceResumed,
     VoteCounted,
 )
+from deepprune_lc.demo import load_demo_pool
 
 
 class PrintPruning(DeepPruneCallbackHandler):

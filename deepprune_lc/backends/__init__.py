@@ -1,9 +1,12 @@
-"""Generation backends: adapters that implement ``deepprune_lc.ports.GenerationBackend``.
+"""Generation backends that ship in the core, and what backends share.
 
-Only the dependency-free replay backend is imported here; engine adapters (vLLM, transformers) live
-in their own modules so that importing this package never pulls in an engine.
+``ReplayBackend`` replays recorded trace pools (``TracePool``, read by ``load_trace_pool``) and
+counts their tokens with ``RegexTokenizer``. Engine adapters (vLLM, transformers) live in
+``integrations/``; importing this package never pulls in an engine.
 """
 
+from deepprune_lc.backends.pool import TracePool, TracePoolError, load_trace_pool
 from deepprune_lc.backends.replay import ReplayBackend
+from deepprune_lc.backends.tokenizer import RegexTokenizer
 
-__all__ = ["ReplayBackend"]
+__all__ = ["RegexTokenizer", "ReplayBackend", "TracePool", "TracePoolError", "load_trace_pool"]

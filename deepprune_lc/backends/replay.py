@@ -38,9 +38,9 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from deepprune_lc.pool import PoolProblem, PoolTrace, TracePool
-from deepprune_lc.ports import Prompt, TraceDelta, TraceRequest
-from deepprune_lc.tokenizer import RegexTokenizer
+from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
+from deepprune_lc.backends.tokenizer import RegexTokenizer
+from deepprune_lc.core.ports import Prompt, TraceDelta, TraceRequest
 
 __all__ = ["ReplayBackend"]
 

@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
-from deepprune_lc.pool import TracePool, load_trace_pool
+from deepprune_lc.backends.pool import TracePool, load_trace_pool
 
 __all__ = ["DEMO_POOL_PATH", "load_demo_pool"]
 

@@ -1,4 +1,4 @@
-"""Judges: implementations of ``deepprune_lc.ports.Judge``.
+"""Judges: implementations of ``deepprune_lc.core.ports.Judge``.
 
 Only the dependency-free lexical judge is imported here, so importing this package never loads a model.
 """

@@ -38,8 +38,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepprune_lc.core.ports import JudgeScores, PrefixPair
 from deepprune_lc.judges.common import logistic
-from deepprune_lc.ports import JudgeScores, PrefixPair
 
 __all__ = ["LexicalJudge", "LexicalJudgeConfig", "jaccard", "ngram_set"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.config import PruningConfig, TokensPrefix
+from deepprune_lc.core.config import PruningConfig, TokensPrefix
 from deepprune_lc.demo import load_demo_pool
 from deepprune_lc.testing import IntegrationSuiteSettings
 

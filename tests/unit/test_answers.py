@@ -1,4 +1,4 @@
-"""Tests for deepprune_lc.answers: extraction, equivalence, rule bundles and vote grouping."""
+"""Tests for deepprune_lc.core.answers: extraction, equivalence, rule bundles and vote grouping."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepprune_lc.answers import (
+from deepprune_lc.core.answers import (
     MAX_VERIFY_CHARS,
     AnswerRules,
     Ballot,
@@ -26,7 +26,7 @@ from deepprune_lc.answers import (
     group_votes,
     math_equivalent,
 )
-from deepprune_lc.result import VoteGroup
+from deepprune_lc.core.result import VoteGroup
 
 DEV_POOL = Path("/work/shared/data/traces/qwen25math_cot8_dev.jsonl")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from deepprune_lc.answers import AnswerRules
-from deepprune_lc.config import EarlyStoppingConfig
-from deepprune_lc.controller import (
+from deepprune_lc.core.answers import AnswerRules
+from deepprune_lc.core.config import EarlyStoppingConfig
+from deepprune_lc.core.controllers import (
     AbortTrace,
     Action,
     Controller,

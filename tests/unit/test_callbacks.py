@@ -23,11 +23,8 @@ from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.callbacks import EVENT_TYPES_BY_NAME, NOSTREAM_TAG, DeepPruneCallbackHandler
-from deepprune_lc.chat_model import DeepPruneReasoner
-from deepprune_lc.config import PruningConfig, TokensPrefix
-from deepprune_lc.demo import load_demo_pool
-from deepprune_lc.events import (
+from deepprune_lc.core.config import PruningConfig, TokensPrefix
+from deepprune_lc.core.events import (
     DeepPruneEvent,
     JudgeScored,
     PrefixReached,
@@ -40,6 +37,13 @@ from deepprune_lc.events import (
     TraceStarted,
     VoteCounted,
 )
+from deepprune_lc.demo import load_demo_pool
+from deepprune_lc.langchain.callbacks import (
+    EVENT_TYPES_BY_NAME,
+    NOSTREAM_TAG,
+    DeepPruneCallbackHandler,
+)
+from deepprune_lc.langchain.chat_model import DeepPruneReasoner
 
 E = TypeVar("E", bound=DeepPruneEvent)
 
@@ -389,7 +393,7 @@ class ModelCallingJudge:
         self.model = FakeListChatModel(responses=["same"])
 
     async def score(self, pairs: Any) -> Any:
-        from deepprune_lc.ports import JudgeScores
+        from deepprune_lc.core.ports import JudgeScores
 
         await self.model.ainvoke("Do these two prefixes reach the same answer?")
         return JudgeScores([0.9] * len(pairs))

@@ -22,17 +22,18 @@ from langchain_core.messages import (
 )
 from pydantic import BaseModel, ValidationError
 
-from deepprune_lc import specs
+from deepprune_lc.runtime import specs
+from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.callbacks import DeepPruneCallbackHandler
-from deepprune_lc.chat_model import DeepPruneReasoner, split_thinking
-from deepprune_lc.config import PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.core.config import PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.core.events import RunCompleted
+from deepprune_lc.core.ports import TraceRequest
+from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.demo import load_demo_pool
-from deepprune_lc.events import RunCompleted
 from deepprune_lc.judges.lexical import LexicalJudge
-from deepprune_lc.pool import PoolProblem, PoolTrace, TracePool
-from deepprune_lc.ports import TraceRequest
-from deepprune_lc.result import DeepPruneResult
+from deepprune_lc.langchain.callbacks import DeepPruneCallbackHandler
+from deepprune_lc.langchain.chat_model import DeepPruneReasoner
+from deepprune_lc.langchain.messages import split_thinking
 
 POOL = load_demo_pool()
 PRUNING = PruningConfig(n_traces=8, prefix=TokensPrefix(k=40), finalists=3)
@@ -454,7 +455,7 @@ class _DiesMidStream:
 async def test_an_astream_that_fails_mid_run_raises_with_the_partial_result() -> None:
     from langchain_core.tracers.context import collect_runs
 
-    from deepprune_lc.errors import GenerationError
+    from deepprune_lc.core.errors import GenerationError
 
     backend = ReplayBackend(POOL, yield_every=1)
     with collect_runs() as runs, pytest.raises(GenerationError, match="trace 2") as caught:
@@ -569,7 +570,7 @@ async def test_sync_and_async_calls_share_one_backend_concurrently() -> None:
 
 
 def test_model_copy_with_new_pruning_runs_with_the_new_settings() -> None:
-    from deepprune_lc.config import PruningConfig, TokensPrefix
+    from deepprune_lc.core.config import PruningConfig, TokensPrefix
     from deepprune_lc.demo import load_demo_pool
 
     question = load_demo_pool().by_id("demo-bakery").problem
@@ -587,7 +588,7 @@ def test_model_copy_with_new_pruning_runs_with_the_new_settings() -> None:
 def test_judge_an_installed_integration_lacks_fails_clearly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from deepprune_lc import specs
+    from deepprune_lc.runtime import specs
 
     # An older integration release without the factory: point the kind at a name that is missing.
     monkeypatch.setitem(
@@ -598,7 +599,7 @@ def test_judge_an_installed_integration_lacks_fails_clearly(
 
 
 def test_runner_is_reused_across_calls_and_rebuilt_on_new_settings() -> None:
-    from deepprune_lc.answers import AnswerRules
+    from deepprune_lc.core.answers import AnswerRules
 
     model = DeepPruneReasoner(backend="replay:demo", answers=AnswerRules.multiple_choice())
     first = model._deepprune()

@@ -12,7 +12,7 @@ from typing import Any
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.config import PruningConfig, TokensPrefix
+from deepprune_lc.core.config import PruningConfig, TokensPrefix
 from deepprune_lc.demo import load_demo_pool
 from deepprune_lc.testing import UnitSuiteSettings
 

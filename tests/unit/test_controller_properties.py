@@ -3,7 +3,7 @@
 Hypothesis draws a configuration (N, K, K1, K2, tau, policy, judge-error policy, judge batch size)
 and a scenario (each trace's true answer group and answer, whether it ends before its prefix,
 how noisy and how unreliable the judge is, whether a deadline fires). A simulator then plays the
-driver: it reacts to every action the way ``deepprune_lc.driver`` does (a started trace streams, a
+driver: it reacts to every action the way ``deepprune_lc.runtime.driver`` does (a started trace streams, a
 parked or aborted one falls silent, a resumed one streams again, a scoring request is answered
 later) and delivers the possible events in a random, seeded order until the run ends. Whatever the
 interleaving, the invariants of the method must hold.
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepprune_lc.answers import AnswerRules
-from deepprune_lc.config import PruningConfig
-from deepprune_lc.controller import (
+from deepprune_lc.core.answers import AnswerRules
+from deepprune_lc.core.config import PruningConfig
+from deepprune_lc.core.controllers import (
     AbortTrace,
     Action,
     ClusterTrace,

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import pytest
 
-from deepprune_lc.answers import AnswerRules
-from deepprune_lc.config import PruningConfig
-from deepprune_lc.controller import (
+from deepprune_lc.core.answers import AnswerRules
+from deepprune_lc.core.config import PruningConfig
+from deepprune_lc.core.controllers import (
     AbortTrace,
     Action,
     ClusterTrace,
@@ -28,7 +28,7 @@ from deepprune_lc.controller import (
     ScorePairs,
     StartTrace,
 )
-from deepprune_lc.ports import PrefixPair
+from deepprune_lc.core.ports import PrefixPair
 
 SAME = 0.9  # fake judge: probability for two traces of the same true answer group
 DIFF = 0.1  # ... and for two traces of different groups

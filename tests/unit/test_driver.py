@@ -25,8 +25,8 @@ from deepprune_lc import (
     TraceDelta,
     TraceRequest,
 )
-from deepprune_lc.events import RunCompleted, TraceClustered, TracePruned, TraceResumed
-from deepprune_lc.pool import PoolProblem, PoolTrace, TracePool
+from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
+from deepprune_lc.core.events import RunCompleted, TraceClustered, TracePruned, TraceResumed
 
 QUESTION = "What is 6 times 7?"
 
@@ -312,7 +312,7 @@ async def test_backend_that_ignores_abort_is_closed_by_the_driver(backend: Repla
     result = await DeepPrune(deaf, ConstantJudge(1.0), config).run(QUESTION)  # type: ignore[arg-type]
     stopped = [t for t in result.traces if t.status in {"pruned", "aborted"}]
     assert stopped
-    from deepprune_lc.driver import ABORT_SLACK_TOKENS
+    from deepprune_lc.runtime.driver import ABORT_SLACK_TOKENS
 
     assert all(t.tokens_after_abort <= ABORT_SLACK_TOKENS + 1 for t in stopped)
     assert backend.live_requests() == set()

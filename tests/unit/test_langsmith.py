@@ -23,10 +23,10 @@ from langchain_core.tracers import LangChainTracer
 from langchain_core.tracers.context import tracing_v2_enabled
 
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.callbacks import NOSTREAM_TAG
-from deepprune_lc.chat_model import DeepPruneReasoner
-from deepprune_lc.config import PruningConfig, TokensPrefix
+from deepprune_lc.core.config import PruningConfig, TokensPrefix
 from deepprune_lc.demo import load_demo_pool
+from deepprune_lc.langchain.callbacks import NOSTREAM_TAG
+from deepprune_lc.langchain.chat_model import DeepPruneReasoner
 
 API_URL = "http://langsmith.invalid"
 POOL = load_demo_pool()

@@ -7,9 +7,9 @@ import itertools
 import pytest
 from pydantic import ValidationError
 
+from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair
 from deepprune_lc.judges import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.judges.lexical import jaccard, ngram_set
-from deepprune_lc.ports import Judge, JudgeScores, PrefixPair
 
 PREFIX = (
     "First, we compute the cost of the muffins: 24 * 3 = 72. Then the cookies: 3 * 24 = 72 "
@@ -133,8 +133,8 @@ async def test_groups_synthetic_traces_by_answer() -> None:
 
 
 async def test_demo_pool_clusters_only_same_answer_traces_at_a_short_prefix() -> None:
+    from deepprune_lc.backends.tokenizer import RegexTokenizer
     from deepprune_lc.demo import load_demo_pool
-    from deepprune_lc.tokenizer import RegexTokenizer
 
     tokenizer, judge = RegexTokenizer(), LexicalJudge()
     for problem in load_demo_pool():

@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
+from deepprune_lc.backends.pool import (
+    PoolProblem,
+    PoolTrace,
+    TracePool,
+    TracePoolError,
+    load_trace_pool,
+)
 from deepprune_lc.demo import DEMO_POOL_PATH, load_demo_pool
-from deepprune_lc.pool import PoolProblem, PoolTrace, TracePool, TracePoolError, load_trace_pool
 
 DEV_POOL = Path(__file__).resolve().parents[3] / "shared/data/traces/qwen25math_cot8_dev.jsonl"
 

@@ -1,4 +1,4 @@
-"""Tests for deepprune_lc.prefix: reasoning-word and token prefix trackers."""
+"""Tests for deepprune_lc.core.prefix: reasoning-word and token prefix trackers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepprune_lc.config import DEFAULT_REASONING_WORDS, ReasoningWordsPrefix, TokensPrefix
-from deepprune_lc.prefix import (
+from deepprune_lc.core.config import DEFAULT_REASONING_WORDS, ReasoningWordsPrefix, TokensPrefix
+from deepprune_lc.core.prefix import (
     ReasoningWordPrefixTracker,
     TokenPrefixTracker,
     make_prefix_tracker,

@@ -10,10 +10,10 @@ from contextlib import aclosing
 import pytest
 
 from deepprune_lc.backends import ReplayBackend
-from deepprune_lc.config import SamplingConfig
-from deepprune_lc.pool import PoolProblem, PoolTrace, TracePool
-from deepprune_lc.ports import GenerationBackend, TraceDelta, TraceRequest
-from deepprune_lc.tokenizer import RegexTokenizer
+from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
+from deepprune_lc.backends.tokenizer import RegexTokenizer
+from deepprune_lc.core.config import SamplingConfig
+from deepprune_lc.core.ports import GenerationBackend, TraceDelta, TraceRequest
 
 PROBLEM = "Sam has 3 apples and buys 4 more. How many apples does he have?"
 TRACES = [

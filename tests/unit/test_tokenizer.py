@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deepprune_lc.tokenizer import RegexTokenizer
+from deepprune_lc.backends.tokenizer import RegexTokenizer
 
 
 @given(st.text())

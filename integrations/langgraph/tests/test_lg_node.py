@@ -19,8 +19,8 @@ from lg_helpers import reasoner, run_graph, stream_chunks
 from typing_extensions import TypedDict
 
 from deepprune_lc import DeepPruneCallbackHandler, JudgeScores, LexicalJudge, PrefixPair
+from deepprune_lc.core.events import ALL_EVENT_TYPES, TracePruned
 from deepprune_lc.demo import load_demo_pool
-from deepprune_lc.events import ALL_EVENT_TYPES, TracePruned
 
 EVENT_NAMES = {t.name for t in ALL_EVENT_TYPES}
 

@@ -39,8 +39,8 @@ from deepprune_lc import (
     SelfConsistency,
     TokensPrefix,
 )
-from deepprune_lc.ports import PrefixPair
-from deepprune_lc.result import DeepPruneResult
+from deepprune_lc.core.ports import PrefixPair
+from deepprune_lc.core.result import DeepPruneResult
 
 N_TRACES = 32
 MAX_TOKENS = 256

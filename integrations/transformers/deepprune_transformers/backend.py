@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from deepprune_lc.ports import Prompt, TraceDelta, TraceRequest
+from deepprune_lc.core.ports import Prompt, TraceDelta, TraceRequest
 from deepprune_transformers.models import (
     default_cache_dir,
     limit_cpu_threads,

@@ -58,8 +58,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deepprune_lc.core.ports import JudgeScores, PrefixPair
 from deepprune_lc.judges.common import DEFAULT_JUDGE_TEMPLATE, logistic
-from deepprune_lc.ports import JudgeScores, PrefixPair
 from deepprune_transformers.models import limit_cpu_threads, pick_device
 
 __all__ = [

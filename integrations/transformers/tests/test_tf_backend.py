@@ -15,9 +15,9 @@ import pytest
 from deepprune_transformers import TransformersBackend, backend_from_spec
 
 from deepprune_lc import DeepPrune, LexicalJudge, PruningConfig, SamplingConfig, TokensPrefix
-from deepprune_lc.events import DeepPruneEvent, TracePruned
-from deepprune_lc.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
-from deepprune_lc.specs import resolve_backend
+from deepprune_lc.core.events import DeepPruneEvent, TracePruned
+from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
+from deepprune_lc.runtime.specs import resolve_backend
 
 PROMPT: Prompt = [{"role": "user", "content": "What is 6 times 7? Think step by step."}]
 _ids = iter(range(10**9))

@@ -31,11 +31,11 @@ from deepprune_transformers import judges as judges_module
 from deepprune_transformers.judges import DEFAULT_JUDGE_TEMPLATE, default_embedding_model_dir
 from pydantic import ValidationError
 
-from deepprune_lc import specs
-from deepprune_lc.chat_model import DeepPruneReasoner
-from deepprune_lc.config import PruningConfig, TokensPrefix
+from deepprune_lc.runtime import specs
+from deepprune_lc.core.config import PruningConfig, TokensPrefix
+from deepprune_lc.core.ports import Judge, PrefixPair
 from deepprune_lc.demo import load_demo_pool
-from deepprune_lc.ports import Judge, PrefixPair
+from deepprune_lc.langchain.chat_model import DeepPruneReasoner
 
 POOL = load_demo_pool()
 BAKERY = POOL.by_id("demo-bakery").problem

@@ -13,8 +13,8 @@ import pytest
 from deepprune_transformers import TransformersBackend
 
 from deepprune_lc import DeepPrune, LexicalJudge, PruningConfig, SamplingConfig, TokensPrefix
-from deepprune_lc.events import DeepPruneEvent, TracePruned, TraceResumed
-from deepprune_lc.ports import TraceDelta, TraceRequest
+from deepprune_lc.core.events import DeepPruneEvent, TracePruned, TraceResumed
+from deepprune_lc.core.ports import TraceDelta, TraceRequest
 
 QUESTION = [
     {

@@ -135,7 +135,7 @@ def build_runs(backend: Any) -> dict[str, Callable[[], Coroutine[Any, Any, Sampl
 
 
 def measure(backend: Any, repeats: int) -> dict[str, list[Sample]]:
-    from deepprune_lc._loop import run_sync
+    from deepprune_lc.runtime.loop import run_sync
 
     runs = build_runs(backend)
     names = list(runs)

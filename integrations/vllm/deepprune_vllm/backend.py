@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from deepprune_lc.ports import Prompt, TraceDelta, TraceRequest
+from deepprune_lc.core.ports import Prompt, TraceDelta, TraceRequest
 from deepprune_vllm.engine import SharedEngine, normalise_engine_args, shared_engine
 from deepprune_vllm.sampling import build_sampling_params, check_sampling_overrides
 

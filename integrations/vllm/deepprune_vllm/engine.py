@@ -10,7 +10,7 @@ Why a holder instead of a bare engine:
   model would split the accelerator's memory and lose each other's prefix cache.
 * **One event loop.** ``AsyncLLM`` binds its output handler and its per-request queues to the loop it
   first runs on; feeding it from two loops corrupts those queues. The engine therefore always serves
-  on DeepPrune's background loop (``deepprune_lc._loop.background_loop()``), the loop the sync
+  on DeepPrune's background loop (``deepprune_lc.runtime.loop.background_loop()``), the loop the sync
   LangChain entry points already run on; callers on other loops are bridged (``backend.py``).
 * **Shut down cleanly.** ``shutdown()`` aborts what is still running, stops the output handler and
   terminates the engine-core process; an ``atexit`` hook does it for every engine still alive.
@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from deepprune_lc._loop import background_loop
+from deepprune_lc.runtime.loop import background_loop
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM

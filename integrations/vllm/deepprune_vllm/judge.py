@@ -18,8 +18,8 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from deepprune_lc.core.ports import JudgeScores, PrefixPair, Prompt
 from deepprune_lc.judges.common import DEFAULT_JUDGE_TEMPLATE, logistic
-from deepprune_lc.ports import JudgeScores, PrefixPair, Prompt
 from deepprune_vllm.backend import VLLMBackend
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "VLLMJudge"]

@@ -1,4 +1,4 @@
-"""``"vllm:<model>?<engine args>"`` specs, as ``deepprune_lc.specs`` resolves them."""
+"""``"vllm:<model>?<engine args>"`` specs, as ``deepprune_lc.runtime.specs`` resolves them."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from deepprune_vllm import VLLMBackend
 from vllm_helpers import ENGINE_KWARGS, QUESTION
 
 from deepprune_lc import SamplingConfig, TraceRequest
-from deepprune_lc._loop import run_sync
+from deepprune_lc.runtime.loop import run_sync
 
 T = TypeVar("T")
 CHAT = [{"role": "user", "content": QUESTION}]

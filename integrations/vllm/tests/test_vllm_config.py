@@ -12,7 +12,7 @@ from deepprune_vllm import VLLMBackend, backend_from_spec, parse_spec
 from deepprune_vllm.sampling import build_sampling_params, check_sampling_overrides, trace_seed
 
 from deepprune_lc import SamplingConfig
-from deepprune_lc.specs import resolve_backend
+from deepprune_lc.runtime.specs import resolve_backend
 
 MODEL = "/nonexistent/model-for-config-tests"
 

@@ -24,9 +24,9 @@ from deepprune_lc import (
     TraceDelta,
     TraceRequest,
 )
-from deepprune_lc.events import DeepPruneEvent, TraceStarted
-from deepprune_lc.ports import Prompt
-from deepprune_lc.specs import resolve_backend
+from deepprune_lc.core.events import DeepPruneEvent, TraceStarted
+from deepprune_lc.core.ports import Prompt
+from deepprune_lc.runtime.specs import resolve_backend
 
 CHAT = [{"role": "user", "content": QUESTION}]
 

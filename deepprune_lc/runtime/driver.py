@@ -20,8 +20,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
-from deepprune_lc.config import PrefixPolicy, SamplingConfig
-from deepprune_lc.controller import (
+from deepprune_lc.core.config import PrefixPolicy, SamplingConfig
+from deepprune_lc.core.controllers import (
     AbortTrace,
     Action,
     ClusterTrace,
@@ -34,8 +34,8 @@ from deepprune_lc.controller import (
     ScorePairs,
     StartTrace,
 )
-from deepprune_lc.errors import DeepPruneError, GenerationError, JudgeError
-from deepprune_lc.events import (
+from deepprune_lc.core.errors import DeepPruneError, GenerationError, JudgeError
+from deepprune_lc.core.events import (
     DeepPruneEvent,
     EventListener,
     JudgeScored,
@@ -49,9 +49,9 @@ from deepprune_lc.events import (
     TraceStarted,
     VoteCounted,
 )
-from deepprune_lc.ports import GenerationBackend, Judge, Prompt, TraceRequest
-from deepprune_lc.prefix import PrefixTracker, make_prefix_tracker
-from deepprune_lc.result import (
+from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt, TraceRequest
+from deepprune_lc.core.prefix import PrefixTracker, make_prefix_tracker
+from deepprune_lc.core.result import (
     DeepPruneResult,
     RunTotals,
     TraceReport,

@@ -25,8 +25,8 @@ import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk
 
-from deepprune_lc.chat_model import DeepPruneReasoner
-from deepprune_lc.config import PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.core.config import PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.langchain.chat_model import DeepPruneReasoner
 
 __all__ = [
     "IntegrationSuiteSettings",

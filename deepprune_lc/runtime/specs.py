@@ -11,7 +11,7 @@ import importlib
 import threading
 from typing import Any
 
-from deepprune_lc.ports import GenerationBackend, Judge
+from deepprune_lc.core.ports import GenerationBackend, Judge
 
 #: kind -> (module, factory function, distribution to install)
 BACKEND_KINDS: dict[str, tuple[str, str, str]] = {
@@ -86,9 +86,9 @@ def resolve_backend(spec: GenerationBackend | str) -> GenerationBackend:
         if backend is None:
             kind, _, arg = spec.partition(":")
             if kind == "replay":
+                from deepprune_lc.backends.pool import load_trace_pool
                 from deepprune_lc.backends.replay import ReplayBackend
                 from deepprune_lc.demo import load_demo_pool
-                from deepprune_lc.pool import load_trace_pool
 
                 pool = load_demo_pool() if arg == "demo" else load_trace_pool(arg)
                 backend = ReplayBackend(pool, yield_every=1)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from deepprune_lc.config import SamplingConfig
+from deepprune_lc.core.config import SamplingConfig
 
 #: A prompt is either plain text or chat messages ``[{"role": ..., "content": ...}, ...]``; backends
 #: that serve chat models apply the model's chat template to the latter.

@@ -16,19 +16,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from deepprune_lc.answers import math_equivalent
+from deepprune_lc.backends.pool import TracePool
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.config import (
+from deepprune_lc.core.answers import math_equivalent
+from deepprune_lc.core.config import (
     EarlyStoppingConfig,
     PruningConfig,
     ReasoningWordsPrefix,
     SamplingConfig,
     TokensPrefix,
 )
+from deepprune_lc.core.ports import JudgeScores, PrefixPair, TraceRequest
 from deepprune_lc.judges.lexical import LexicalJudge
-from deepprune_lc.pool import TracePool
-from deepprune_lc.ports import JudgeScores, PrefixPair, TraceRequest
-from deepprune_lc.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
+from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
 
 # --------------------------------------------------------------------------------------------------
 # Accuracy / tokens sweep on a replayed pool

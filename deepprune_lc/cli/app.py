@@ -13,9 +13,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deepprune_lc.backends.pool import TracePool, load_trace_pool
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.config import PruningConfig, ReasoningWordsPrefix, SamplingConfig, TokensPrefix
-from deepprune_lc.events import (
+from deepprune_lc.core.config import (
+    PruningConfig,
+    ReasoningWordsPrefix,
+    SamplingConfig,
+    TokensPrefix,
+)
+from deepprune_lc.core.events import (
     DeepPruneEvent,
     EventListener,
     TraceAborted,
@@ -24,10 +30,9 @@ from deepprune_lc.events import (
     TracePruned,
     TraceResumed,
 )
+from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
-from deepprune_lc.pool import TracePool, load_trace_pool
-from deepprune_lc.result import DeepPruneResult
-from deepprune_lc.runner import DeepPrune
+from deepprune_lc.runtime.runner import DeepPrune
 
 app = typer.Typer(
     add_completion=False, help="DeepPrune: parallel reasoning without redundant traces."
@@ -234,7 +239,7 @@ def _model_demo(
     judge_midpoint: float | None,
     listeners: list[EventListener],
 ) -> None:
-    from deepprune_lc.specs import resolve_backend
+    from deepprune_lc.runtime.specs import resolve_backend
 
     midpoint = DEMO_MODEL_JUDGE_MIDPOINT if judge_midpoint is None else judge_midpoint
     try:
@@ -314,7 +319,7 @@ def bench_replay(
     output: Annotated[Path | None, typer.Option(help="Write the table as markdown here")] = None,
 ) -> None:
     """Accuracy and tokens of DeepPrune (a tau x K2 x prefix sweep), self-consistency and ESC."""
-    from deepprune_lc.bench import replay_sweep
+    from deepprune_lc.cli.bench import replay_sweep
 
     table = asyncio.run(replay_sweep(load_trace_pool(pool)))
     typer.echo(table)
@@ -329,7 +334,7 @@ def bench_driver(
     repeats: Annotated[int, typer.Option(min=1)] = 3,
 ) -> None:
     """Driver throughput (deltas/s) and wall time against merely draining the same streams."""
-    from deepprune_lc.bench import driver_overhead
+    from deepprune_lc.cli.bench import driver_overhead
 
     typer.echo(asyncio.run(driver_overhead(n_traces, tokens, repeats)))
 

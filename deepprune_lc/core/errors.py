@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from deepprune_lc.result import DeepPruneResult
+    from deepprune_lc.core.result import DeepPruneResult
 
 
 class DeepPruneError(RuntimeError):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from deepprune_lc.result import DeepPruneResult
+from deepprune_lc.core.result import DeepPruneResult
 
 
 class DeepPruneEvent(BaseModel):

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -29,80 +27,30 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.utils import LC_ID_PREFIX
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from deepprune_lc._loop import run_sync
-from deepprune_lc.answers import AnswerRules
-from deepprune_lc.callbacks import (
+from deepprune_lc.core.answers import AnswerRules
+from deepprune_lc.core.config import PruningConfig, SamplingConfig
+from deepprune_lc.core.ports import GenerationBackend, Judge
+from deepprune_lc.core.result import DeepPruneResult
+from deepprune_lc.langchain.callbacks import (
     NOSTREAM_TAG,
     EventBridge,
     TracedJudge,
     child_manager,
     langgraph_stream_writer,
 )
-from deepprune_lc.config import PruningConfig, SamplingConfig
-from deepprune_lc.ports import GenerationBackend, Judge
-from deepprune_lc.result import DeepPruneResult
-from deepprune_lc.runner import DeepPrune
-from deepprune_lc.specs import check_backend_spec, check_judge_spec, resolve_backend, resolve_judge
-
-_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-#: LangChain's standard sampling parameters, accepted flat and folded into ``sampling``.
-_SAMPLING_SHORTCUTS = ("temperature", "top_p", "top_k", "max_tokens", "stop")
-#: Parameters generic LangChain tooling passes to every chat model, meaningless here: a local engine
-#: has no client to retry or authenticate, and the answer is one chunk whether streamed or not.
-_DROPPED_CLIENT_PARAMS = ("max_retries", "api_key", "streaming")
-_STANDARD_PARAMS = frozenset({*_SAMPLING_SHORTCUTS, *_DROPPED_CLIENT_PARAMS, "timeout"})
-
-
-class _ChunkHandoff:
-    """Hands ``astream`` the answer chunk while the model run is still open.
-
-    ``astream`` runs ``ainvoke`` as a task; its ``_agenerate`` delivers the chunk here and waits
-    until the consumer has taken it, so the chunk is yielded before the run ends. That is what
-    ``astream_events`` needs: it taps the stream of the run it started and drops chunks that arrive
-    after the run's end.
-    """
-
-    def __init__(self) -> None:
-        self.chunk: AIMessageChunk | None = None
-        self.delivered = asyncio.Event()
-        self.consumed = asyncio.Event()
-
-    async def deliver(self, chunk: AIMessageChunk) -> None:
-        if self.delivered.is_set():  # a nested reasoner call inside the run: not ours to report
-            return
-        self.chunk = chunk
-        self.delivered.set()
-        await self.consumed.wait()
-
-
-#: Set while ``stream``/``astream`` run the generate path: the answer is then reported to the run's
-#: handlers as its one token, as LangChain's own streaming would (``astream`` also hands it over).
-_STREAM_CALL: ContextVar[_ChunkHandoff | bool] = ContextVar("deepprune_stream_call", default=False)
-
-
-def split_thinking(text: str) -> tuple[str, str | None]:
-    """(final response, thinking) for models that think inside ``<think>...</think>``."""
-    if "</think>" not in text:
-        return text, None
-    head, _, tail = text.rpartition("</think>")
-    thinking = head.split("<think>", 1)[-1]
-    return tail.strip(), thinking.strip()
-
-
-def messages_to_prompt(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as chat dicts; backends apply the model's chat template."""
-    roles = {"human": "user", "ai": "assistant", "system": "system"}
-    prompt = []
-    for message in messages:
-        role = roles.get(message.type)
-        if role is None:
-            raise NotImplementedError(
-                f"DeepPruneReasoner cannot take {message.type!r} messages: it has no tool calling"
-            )
-        prompt.append({"role": role, "content": message.text})
-    return prompt
+from deepprune_lc.langchain.messages import messages_to_prompt, split_thinking
+from deepprune_lc.langchain.parameters import fold_standard_parameters
+from deepprune_lc.langchain.streaming import STREAM_CALL, ChunkHandoff, as_last_chunk
+from deepprune_lc.runtime.loop import run_sync
+from deepprune_lc.runtime.runner import DeepPrune
+from deepprune_lc.runtime.specs import (
+    check_backend_spec,
+    check_judge_spec,
+    resolve_backend,
+    resolve_judge,
+)
 
 
 class DeepPruneReasoner(BaseChatModel):
@@ -133,29 +81,8 @@ class DeepPruneReasoner(BaseChatModel):
     @model_validator(mode="before")
     @classmethod
     def _fold_standard_parameters(cls, data: Any) -> Any:
-        """Take LangChain's standard chat-model parameters flat; refuse any other unknown name.
-
-        ``temperature``, ``top_p``, ``top_k``, ``max_tokens`` and ``stop`` set the matching
-        ``sampling`` fields and ``timeout`` sets ``pruning.deadline_s`` (the run's wall-clock
-        budget: at the deadline running traces are aborted and the finished ones vote). Flat values
-        win over the same fields of an explicit config. ``max_retries``, ``api_key`` and
-        ``streaming``, which generic LangChain tooling passes to any chat model, mean nothing here
-        and are dropped. Anything else is an error that names the argument, so ``n_traces=32`` is not
-        silently ignored (pydantic would drop it).
-        """
-        if not isinstance(data, dict):
-            return data
-        _refuse_unknown_arguments(cls, data)
-        data = {k: v for k, v in data.items() if k not in _DROPPED_CLIENT_PARAMS}
-        if data.get("timeout") is not None:
-            data = _fold(data, "pruning", PruningConfig, {"deadline_s": data["timeout"]})
-        data.pop("timeout", None)
-        flat = {k: data[k] for k in _SAMPLING_SHORTCUTS if data.get(k) is not None}
-        if "stop" in flat:
-            stop = flat["stop"]
-            flat["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        data = {k: v for k, v in data.items() if k not in _SAMPLING_SHORTCUTS}
-        return _fold(data, "sampling", SamplingConfig, flat) if flat else data
+        """LangChain's standard parameters flat (see ``parameters.fold_standard_parameters``)."""
+        return fold_standard_parameters(cls, data)
 
     @field_validator("backend")
     @classmethod
@@ -250,7 +177,7 @@ class DeepPruneReasoner(BaseChatModel):
         self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun, **kwargs: Any
     ) -> bool:
         """Whether the generate path must hand its answer to the handlers as a streamed token."""
-        if _STREAM_CALL.get():
+        if STREAM_CALL.get():
             return True
         return super()._should_stream(async_api=True, run_manager=run_manager, **kwargs)
 
@@ -270,12 +197,12 @@ class DeepPruneReasoner(BaseChatModel):
         voted, so nothing is lost by running ``invoke`` instead: the handlers see the same run
         start, the answer as its one token, and the run end.
         """
-        token = _STREAM_CALL.set(True)
+        token = STREAM_CALL.set(True)
         try:
             message = self.invoke(input, config, stop=stop, **kwargs)
         finally:
-            _STREAM_CALL.reset(token)
-        yield _as_last_chunk(message)
+            STREAM_CALL.reset(token)
+        yield as_last_chunk(message)
 
     async def astream(
         self,
@@ -287,15 +214,15 @@ class DeepPruneReasoner(BaseChatModel):
     ) -> AsyncIterator[AIMessageChunk]:
         """Async ``stream``: one chunk, on the generate path (see ``stream`` for why).
 
-        The chunk is yielded while the run is still open (``_ChunkHandoff``); a cached answer,
+        The chunk is yielded while the run is still open (``ChunkHandoff``); a cached answer,
         which skips ``_agenerate``, is yielded once the call returns.
         """
-        handoff = _ChunkHandoff()
-        token = _STREAM_CALL.set(handoff)
+        handoff = ChunkHandoff()
+        token = STREAM_CALL.set(handoff)
         try:
             call = asyncio.ensure_future(self.ainvoke(input, config, stop=stop, **kwargs))
         finally:
-            _STREAM_CALL.reset(token)
+            STREAM_CALL.reset(token)
         try:
             delivered = asyncio.ensure_future(handoff.delivered.wait())
             await asyncio.wait({call, delivered}, return_when=asyncio.FIRST_COMPLETED)
@@ -305,7 +232,7 @@ class DeepPruneReasoner(BaseChatModel):
                 handoff.consumed.set()
             message = await call
             if handoff.chunk is None:
-                yield _as_last_chunk(message)
+                yield as_last_chunk(message)
         finally:
             handoff.consumed.set()
             if not call.done():
@@ -415,7 +342,7 @@ class DeepPruneReasoner(BaseChatModel):
         (LangGraph's "messages" stream) report the answer once.
         """
         message.id = message.id or f"{LC_ID_PREFIX}-{run_id}"
-        return ChatGenerationChunk(message=_as_last_chunk(message))
+        return ChatGenerationChunk(message=as_last_chunk(message))
 
     async def _agenerate(
         self,
@@ -429,8 +356,8 @@ class DeepPruneReasoner(BaseChatModel):
         if run_manager is not None and self._reports_chunk(run_manager, **kwargs):
             chunk = self._report_chunk(message, run_manager.run_id)
             await run_manager.on_llm_new_token(message.text, chunk=chunk)
-            handoff = _STREAM_CALL.get()
-            if isinstance(handoff, _ChunkHandoff):
+            handoff = STREAM_CALL.get()
+            if isinstance(handoff, ChunkHandoff):
                 assert isinstance(chunk.message, AIMessageChunk)
                 await handoff.deliver(chunk.message)
         return ChatResult(generations=[ChatGeneration(message=message)])
@@ -482,44 +409,4 @@ class DeepPruneReasoner(BaseChatModel):
         yield ChatGenerationChunk(message=self._message(result, chunk=True))
 
 
-def _refuse_unknown_arguments(model: type[BaseChatModel], data: dict[str, Any]) -> None:
-    known = set(model.model_fields) | {
-        f.alias for f in model.model_fields.values() if f.alias is not None
-    }
-    unknown = sorted(k for k in data if k not in known and k not in _STANDARD_PARAMS)
-    if not unknown:
-        return
-    hints = [
-        f"{name} is a {config.__name__} setting: pass {field}={config.__name__}({name}=...)"
-        for name in unknown
-        for field, config in (("pruning", PruningConfig), ("sampling", SamplingConfig))
-        if name in config.model_fields
-    ]
-    detail = f" ({'; '.join(hints)})" if hints else ""
-    raise ValueError(f"DeepPruneReasoner got unknown arguments {unknown}{detail}")
-
-
-def _fold(data: dict[str, Any], key: str, config: type[BaseModel], values: dict[str, Any]) -> Any:
-    """``data`` with ``values`` laid over its ``key`` config (an object, a dict or absent)."""
-    current = data.get(key)
-    if not isinstance(current, config | dict | None):
-        return data  # a bad config, which field validation will report
-    base = current.model_dump() if isinstance(current, BaseModel) else (current or {})
-    return {**data, key: {**base, **values}}
-
-
-def _as_last_chunk(message: BaseMessage) -> AIMessageChunk:
-    """The final message as the stream's one (and last) chunk; adding it up gives it back."""
-    if not isinstance(message, AIMessage):  # pragma: no cover - invoke always returns an AIMessage
-        raise TypeError(f"expected an AIMessage, got {type(message).__name__}")
-    return AIMessageChunk(
-        content=message.content,
-        id=message.id,
-        additional_kwargs=dict(message.additional_kwargs),
-        response_metadata=dict(message.response_metadata),
-        usage_metadata=message.usage_metadata,
-        chunk_position="last",
-    )
-
-
-__all__ = ["DeepPruneReasoner", "messages_to_prompt", "split_thinking"]
+__all__ = ["DeepPruneReasoner"]

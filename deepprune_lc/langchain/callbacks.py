@@ -30,7 +30,7 @@ from langchain_core.callbacks import (
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 
-from deepprune_lc.events import (
+from deepprune_lc.core.events import (
     ALL_EVENT_TYPES,
     DeepPruneEvent,
     JudgeScored,
@@ -44,7 +44,7 @@ from deepprune_lc.events import (
     TraceStarted,
     VoteCounted,
 )
-from deepprune_lc.ports import Judge, JudgeScores, PrefixPair
+from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair
 
 EVENT_TYPES_BY_NAME: dict[str, type[DeepPruneEvent]] = {t.name: t for t in ALL_EVENT_TYPES}
 #: Tag for the judge's own runs: LangGraph leaves runs tagged so out of its "messages" stream.

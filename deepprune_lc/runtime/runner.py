@@ -9,18 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from deepprune_lc.answers import AnswerRules
-from deepprune_lc.config import EarlyStoppingConfig, PruningConfig, SamplingConfig
-from deepprune_lc.controller import (
+from deepprune_lc.core.answers import AnswerRules
+from deepprune_lc.core.config import EarlyStoppingConfig, PruningConfig, SamplingConfig
+from deepprune_lc.core.controllers import (
     Controller,
     DeepPruneController,
     EarlyStoppingController,
     SelfConsistencyController,
 )
-from deepprune_lc.driver import Driver, iterate_events, validate_prompt
-from deepprune_lc.events import DeepPruneEvent, EventListener
-from deepprune_lc.ports import GenerationBackend, Judge, Prompt
-from deepprune_lc.result import DeepPruneResult
+from deepprune_lc.core.events import DeepPruneEvent, EventListener
+from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt
+from deepprune_lc.core.result import DeepPruneResult
+from deepprune_lc.runtime.driver import Driver, iterate_events, validate_prompt
 
 
 def _require_backend(backend: object) -> GenerationBackend:

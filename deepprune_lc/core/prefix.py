@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from deepprune_lc.config import PrefixPolicy, ReasoningWordsPrefix, TokensPrefix
+from deepprune_lc.core.config import PrefixPolicy, ReasoningWordsPrefix, TokensPrefix
 
 
 class PrefixTracker:

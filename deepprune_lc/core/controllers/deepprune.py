@@ -1,129 +1,28 @@
-"""Sans-IO controllers: what to do next, given what just happened.
-
-A controller never touches an engine, a clock or an event loop. The driver tells it what happened
-(``on_prefix``, ``on_finished``, ``on_judged``, ...) and executes the actions it returns (start, score,
-park, resume, abort, done). This is the h11 pattern: every rule of the method can be exercised from a
-test with plain data, and the same controller runs on replayed traces, vLLM or transformers.
-
-``DeepPruneController`` implements the paper's online greedy clustering plus the decisions the paper
-leaves open (see docs/method.md). ``SelfConsistencyController`` and ``EarlyStoppingController`` are the
-baselines, in the same shape, so all three run through one driver and are measured the same way.
-"""
+"""``DeepPruneController``: online greedy clustering of prefixes, pruning, finalisation, voting."""
 
 from __future__ import annotations
 
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from deepprune_lc.answers import AnswerRules, Ballot, group_votes
-from deepprune_lc.config import EarlyStoppingConfig, PruningConfig
-from deepprune_lc.ports import PrefixPair
-from deepprune_lc.result import TERMINAL_STATUSES, ClusterReport, TraceStatus, VoteGroup
-
-# --------------------------------------------------------------------------------------------------
-# Actions: what the driver must do. Frozen and slotted; compared by value in tests.
-
-
-@dataclass(frozen=True, slots=True)
-class StartTrace:
-    trace_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ScorePairs:
-    """Ask the judge about ``pairs``; answer with ``on_judged(request_id, probabilities)``.
-
-    ``trace_ids`` are the traces being clustered by this request, in arrival order.
-    """
-
-    request_id: int
-    trace_ids: tuple[int, ...]
-    pairs: tuple[PrefixPair, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterTrace:
-    """Informational: the trace was placed in a cluster (the driver records and reports it)."""
-
-    trace_id: int
-    cluster_id: int
-    founded: bool
-    score: float | None
-    cluster_size: int
-    forced: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ParkTrace:
-    """Stop decoding the trace but keep its tokens: it may be resumed as a finalist."""
-
-    trace_id: int
-    cluster_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeTrace:
-    """Continue a parked trace from exactly the tokens it had produced."""
-
-    trace_id: int
-    cluster_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class AbortTrace:
-    """Stop the trace for good; it will not vote."""
-
-    trace_id: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class FailRun:
-    """The run cannot continue (e.g. judge error with ``on_judge_error="raise"``)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RunDone:
-    """Every trace is in a terminal state and the vote is final: see ``controller.outcome``."""
-
-
-Action = (
-    StartTrace
-    | ScorePairs
-    | ClusterTrace
-    | ParkTrace
-    | ResumeTrace
-    | AbortTrace
-    | FailRun
-    | RunDone
+from deepprune_lc.core.answers import AnswerRules, Ballot
+from deepprune_lc.core.config import PruningConfig
+from deepprune_lc.core.controllers.actions import (
+    Action,
+    ClusterTrace,
+    FailRun,
+    ParkTrace,
+    ResumeTrace,
+    ScorePairs,
 )
+from deepprune_lc.core.controllers.base import Controller
+from deepprune_lc.core.ports import PrefixPair
+from deepprune_lc.core.result import ClusterReport
 
-
-# --------------------------------------------------------------------------------------------------
-# State
-
-
-@dataclass(slots=True)
-class TraceState:
-    trace_id: int
-    status: TraceStatus | None = None  # None: not started yet
-    cluster_id: int | None = None
-    prefix: str | None = None
-    answer: str | None = None
-    finish_order: int | None = None
-    finish_reason: str | None = None
-    cluster_score: float | None = None
-    resumed: bool = False
-    voted: bool = False
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+__all__ = ["DeepPruneController"]
 
 
 @dataclass(slots=True)
@@ -131,14 +30,6 @@ class Cluster:
     cluster_id: int
     founder: int
     members: list[int] = field(default_factory=list)  # founder first, then in joining order
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    answer: str | None
-    winning_trace: int | None
-    votes: tuple[VoteGroup, ...]
-    fallback: str | None
 
 
 @dataclass(slots=True)
@@ -149,192 +40,6 @@ class _PendingJudgement:
     #: cluster id; a target < 0 is ``-(t + 1)`` for an earlier trace ``t`` of the same batch, which
     #: stands for the cluster ``t`` founds if it founds one.
     targets: tuple[tuple[int, int], ...]
-
-
-class Controller:
-    """Shared bookkeeping: trace states, finish order, voting, terminal-state accounting."""
-
-    method: str = "base"
-    #: Whether the driver must track prefixes and call ``on_prefix``.
-    needs_prefixes: bool = False
-
-    def __init__(self, n_traces: int, rules: AnswerRules) -> None:
-        self.n_traces = n_traces
-        self.rules = rules
-        self.traces = [TraceState(t) for t in range(n_traces)]
-        self.done = False
-        self.outcome: Outcome | None = None
-        self._finish_counter = 0
-
-    # Events from the driver -----------------------------------------------------------------------
-    def start(self) -> list[Action]:
-        raise NotImplementedError
-
-    def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
-        return []
-
-    def on_finished(self, trace_id: int, text: str, finish_reason: str) -> list[Action]:
-        """The trace's stream ended on its own (``stop`` or ``length``)."""
-        state = self.traces[trace_id]
-        if state.terminal or self.done:
-            # Raced with an abort we had already decided on: its tokens count, it does not vote.
-            return []
-        state.status = "finished"
-        state.finish_reason = finish_reason
-        state.answer = self.rules.extract(text)
-        state.finish_order = self._finish_counter
-        self._finish_counter += 1
-        return self._after_finish(trace_id)
-
-    def on_judged(self, request_id: int, probabilities: Sequence[float]) -> list[Action]:
-        return []
-
-    def on_judge_failed(self, request_id: int, reason: str) -> list[Action]:
-        return []
-
-    def on_deadline(self) -> list[Action]:
-        """Time is up: stop whatever runs, vote with what finished."""
-        if self.done:
-            return []
-        actions = self._stop_all("deadline")
-        actions += self._finish_run(self._deadline_ballots(), fallback="deadline")
-        return actions
-
-    def abort_all(self, reason: str) -> list[Action]:
-        """The run failed or was cancelled: stop everything, keep what finished (no vote)."""
-        if self.done:
-            return []
-        actions = self._stop_all(reason)
-        self.done = True
-        self.outcome = Outcome(None, None, (), fallback="error")
-        return actions
-
-    # Hooks for subclasses ---------------------------------------------------------------------------
-    def _after_finish(self, trace_id: int) -> list[Action]:
-        raise NotImplementedError
-
-    def _deadline_ballots(self) -> list[Ballot]:
-        return self._ballots(t.trace_id for t in self.traces if t.status == "finished")
-
-    # Helpers ----------------------------------------------------------------------------------------
-    def _start(self, trace_ids: Sequence[int]) -> list[Action]:
-        for t in trace_ids:
-            self.traces[t].status = "running"
-        return [StartTrace(t) for t in trace_ids]
-
-    def _abort(self, trace_id: int, reason: str) -> list[Action]:
-        state = self.traces[trace_id]
-        if state.status == "running":
-            state.status = "aborted"
-            return [AbortTrace(trace_id, reason)]
-        if state.status == "parked":
-            state.status = "pruned"
-        # A trace that was never started (status None, e.g. ESC stopped early) stays unsampled.
-        return []
-
-    def _stop_all(self, reason: str) -> list[Action]:
-        actions: list[Action] = []
-        for state in self.traces:
-            if not state.terminal:
-                actions += self._abort(state.trace_id, reason)
-        return actions
-
-    def _ballots(
-        self, trace_ids: Iterable[int], weights: dict[int, float] | None = None
-    ) -> list[Ballot]:
-        ballots = []
-        for t in trace_ids:
-            state = self.traces[t]
-            if state.status == "finished" and state.answer is not None:
-                weight = 1.0 if weights is None else weights[t]
-                ballots.append(Ballot(t, state.answer, weight, state.finish_order or 0))
-        return ballots
-
-    def _finish_run(self, ballots: list[Ballot], fallback: str | None = None) -> list[Action]:
-        """Vote, settle every non-terminal trace, and end the run.
-
-        With no ballot, fall back to every finished trace with an extractable answer, then to the
-        earliest finished trace with no answer at all; both are flagged ``no_voter``.
-        """
-        actions = self._stop_all("finalised")  # parked members that were not resumed become pruned
-        if not ballots:
-            ballots = self._ballots(t.trace_id for t in self.traces if t.status == "finished")
-            fallback = fallback or "no_voter"
-        votes = tuple(group_votes(ballots, self.rules.equivalent)) if ballots else ()
-        for ballot in ballots:
-            self.traces[ballot.trace_id].voted = True
-        if votes:
-            top = votes[0]
-            winner = min(top.trace_ids, key=lambda t: self.traces[t].finish_order or 0)
-            self.outcome = Outcome(top.answer, winner, votes, fallback)
-        else:
-            finished = [t for t in self.traces if t.status == "finished"]
-            first = min(finished, key=lambda s: s.finish_order or 0) if finished else None
-            self.outcome = Outcome(
-                None, first.trace_id if first else None, (), fallback or "no_voter"
-            )
-        self.done = True
-        return [*actions, RunDone()]
-
-    def statuses(self) -> list[TraceStatus | None]:
-        return [t.status for t in self.traces]
-
-    def cluster_reports(self) -> list[ClusterReport]:
-        return []
-
-
-# --------------------------------------------------------------------------------------------------
-# Baselines
-
-
-class SelfConsistencyController(Controller):
-    """cons@N: every trace finishes, plain majority vote over equivalent answers."""
-
-    method = "self_consistency"
-
-    def start(self) -> list[Action]:
-        return self._start(range(self.n_traces))
-
-    def _after_finish(self, trace_id: int) -> list[Action]:
-        if all(t.terminal for t in self.traces):
-            return self._finish_run(self._ballots(range(self.n_traces)))
-        return []
-
-
-class EarlyStoppingController(Controller):
-    """ESC: sample windows of ``w`` traces; stop as soon as one whole window agrees."""
-
-    method = "esc"
-
-    def __init__(self, config: EarlyStoppingConfig, rules: AnswerRules) -> None:
-        super().__init__(config.n_traces, rules)
-        self.window_size = config.window
-        self.window = range(0)
-
-    def _start_window(self) -> list[Action]:
-        first = self.window.stop
-        self.window = range(first, min(first + self.window_size, self.n_traces))
-        return self._start(self.window)
-
-    def start(self) -> list[Action]:
-        return self._start_window()
-
-    def _after_finish(self, trace_id: int) -> list[Action]:
-        window = self.window
-        if not all(self.traces[t].terminal for t in window):
-            return []
-        answers = [self.traces[t].answer for t in window]
-        given = [a for a in answers if a is not None]
-        unanimous = len(given) == len(answers) and all(
-            self.rules.equivalent(given[0], a) for a in given[1:]
-        )
-        if unanimous or window.stop >= self.n_traces:
-            return self._finish_run(self._ballots(range(window.stop)))
-        return self._start_window()
-
-
-# --------------------------------------------------------------------------------------------------
-# DeepPrune
 
 
 class DeepPruneController(Controller):

@@ -1,0 +1,53 @@
+"""The pure core: ports, configs, events, results, errors, prefix monitors, answers, controllers.
+
+Everything here is deterministic and free of IO: it imports only the standard library and pydantic
+(plus math-verify, lazily, for symbolic answer equivalence). The import contracts in pyproject.toml
+enforce that, so ``import deepprune_lc.core`` never loads LangChain, torch or an engine.
+"""
+
+from deepprune_lc.core.answers import AnswerRules, extract_answer, extract_choice, math_equivalent
+from deepprune_lc.core.config import (
+    DEFAULT_REASONING_WORDS,
+    EarlyStoppingConfig,
+    PruningConfig,
+    ReasoningWordsPrefix,
+    SamplingConfig,
+    TokensPrefix,
+)
+from deepprune_lc.core.errors import DeepPruneError, GenerationError, JudgeError
+from deepprune_lc.core.events import DeepPruneEvent
+from deepprune_lc.core.ports import (
+    GenerationBackend,
+    Judge,
+    JudgeScores,
+    PrefixPair,
+    Prompt,
+    TraceDelta,
+    TraceRequest,
+)
+from deepprune_lc.core.result import DeepPruneResult
+
+__all__ = [
+    "DEFAULT_REASONING_WORDS",
+    "AnswerRules",
+    "DeepPruneError",
+    "DeepPruneEvent",
+    "DeepPruneResult",
+    "EarlyStoppingConfig",
+    "GenerationBackend",
+    "GenerationError",
+    "Judge",
+    "JudgeError",
+    "JudgeScores",
+    "PrefixPair",
+    "Prompt",
+    "PruningConfig",
+    "ReasoningWordsPrefix",
+    "SamplingConfig",
+    "TokensPrefix",
+    "TraceDelta",
+    "TraceRequest",
+    "extract_answer",
+    "extract_choice",
+    "math_equivalent",
+]

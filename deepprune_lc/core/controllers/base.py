@@ -1,0 +1,175 @@
+"""The controller base: trace states, finish order, voting and terminal-state accounting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from deepprune_lc.core.answers import AnswerRules, Ballot, group_votes
+from deepprune_lc.core.controllers.actions import (
+    AbortTrace,
+    Action,
+    RunDone,
+    StartTrace,
+)
+from deepprune_lc.core.result import TERMINAL_STATUSES, ClusterReport, TraceStatus, VoteGroup
+
+__all__ = ["Controller", "Outcome", "TraceState"]
+
+
+@dataclass(slots=True)
+class TraceState:
+    trace_id: int
+    status: TraceStatus | None = None  # None: not started yet
+    cluster_id: int | None = None
+    prefix: str | None = None
+    answer: str | None = None
+    finish_order: int | None = None
+    finish_reason: str | None = None
+    cluster_score: float | None = None
+    resumed: bool = False
+    voted: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    answer: str | None
+    winning_trace: int | None
+    votes: tuple[VoteGroup, ...]
+    fallback: str | None
+
+
+class Controller:
+    """Shared bookkeeping: trace states, finish order, voting, terminal-state accounting."""
+
+    method: str = "base"
+    #: Whether the driver must track prefixes and call ``on_prefix``.
+    needs_prefixes: bool = False
+
+    def __init__(self, n_traces: int, rules: AnswerRules) -> None:
+        self.n_traces = n_traces
+        self.rules = rules
+        self.traces = [TraceState(t) for t in range(n_traces)]
+        self.done = False
+        self.outcome: Outcome | None = None
+        self._finish_counter = 0
+
+    # Events from the driver -----------------------------------------------------------------------
+    def start(self) -> list[Action]:
+        raise NotImplementedError
+
+    def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
+        return []
+
+    def on_finished(self, trace_id: int, text: str, finish_reason: str) -> list[Action]:
+        """The trace's stream ended on its own (``stop`` or ``length``)."""
+        state = self.traces[trace_id]
+        if state.terminal or self.done:
+            # Raced with an abort we had already decided on: its tokens count, it does not vote.
+            return []
+        state.status = "finished"
+        state.finish_reason = finish_reason
+        state.answer = self.rules.extract(text)
+        state.finish_order = self._finish_counter
+        self._finish_counter += 1
+        return self._after_finish(trace_id)
+
+    def on_judged(self, request_id: int, probabilities: Sequence[float]) -> list[Action]:
+        return []
+
+    def on_judge_failed(self, request_id: int, reason: str) -> list[Action]:
+        return []
+
+    def on_deadline(self) -> list[Action]:
+        """Time is up: stop whatever runs, vote with what finished."""
+        if self.done:
+            return []
+        actions = self._stop_all("deadline")
+        actions += self._finish_run(self._deadline_ballots(), fallback="deadline")
+        return actions
+
+    def abort_all(self, reason: str) -> list[Action]:
+        """The run failed or was cancelled: stop everything, keep what finished (no vote)."""
+        if self.done:
+            return []
+        actions = self._stop_all(reason)
+        self.done = True
+        self.outcome = Outcome(None, None, (), fallback="error")
+        return actions
+
+    # Hooks for subclasses ---------------------------------------------------------------------------
+    def _after_finish(self, trace_id: int) -> list[Action]:
+        raise NotImplementedError
+
+    def _deadline_ballots(self) -> list[Ballot]:
+        return self._ballots(t.trace_id for t in self.traces if t.status == "finished")
+
+    # Helpers ----------------------------------------------------------------------------------------
+    def _start(self, trace_ids: Sequence[int]) -> list[Action]:
+        for t in trace_ids:
+            self.traces[t].status = "running"
+        return [StartTrace(t) for t in trace_ids]
+
+    def _abort(self, trace_id: int, reason: str) -> list[Action]:
+        state = self.traces[trace_id]
+        if state.status == "running":
+            state.status = "aborted"
+            return [AbortTrace(trace_id, reason)]
+        if state.status == "parked":
+            state.status = "pruned"
+        # A trace that was never started (status None, e.g. ESC stopped early) stays unsampled.
+        return []
+
+    def _stop_all(self, reason: str) -> list[Action]:
+        actions: list[Action] = []
+        for state in self.traces:
+            if not state.terminal:
+                actions += self._abort(state.trace_id, reason)
+        return actions
+
+    def _ballots(
+        self, trace_ids: Iterable[int], weights: dict[int, float] | None = None
+    ) -> list[Ballot]:
+        ballots = []
+        for t in trace_ids:
+            state = self.traces[t]
+            if state.status == "finished" and state.answer is not None:
+                weight = 1.0 if weights is None else weights[t]
+                ballots.append(Ballot(t, state.answer, weight, state.finish_order or 0))
+        return ballots
+
+    def _finish_run(self, ballots: list[Ballot], fallback: str | None = None) -> list[Action]:
+        """Vote, settle every non-terminal trace, and end the run.
+
+        With no ballot, fall back to every finished trace with an extractable answer, then to the
+        earliest finished trace with no answer at all; both are flagged ``no_voter``.
+        """
+        actions = self._stop_all("finalised")  # parked members that were not resumed become pruned
+        if not ballots:
+            ballots = self._ballots(t.trace_id for t in self.traces if t.status == "finished")
+            fallback = fallback or "no_voter"
+        votes = tuple(group_votes(ballots, self.rules.equivalent)) if ballots else ()
+        for ballot in ballots:
+            self.traces[ballot.trace_id].voted = True
+        if votes:
+            top = votes[0]
+            winner = min(top.trace_ids, key=lambda t: self.traces[t].finish_order or 0)
+            self.outcome = Outcome(top.answer, winner, votes, fallback)
+        else:
+            finished = [t for t in self.traces if t.status == "finished"]
+            first = min(finished, key=lambda s: s.finish_order or 0) if finished else None
+            self.outcome = Outcome(
+                None, first.trace_id if first else None, (), fallback or "no_voter"
+            )
+        self.done = True
+        return [*actions, RunDone()]
+
+    def statuses(self) -> list[TraceStatus | None]:
+        return [t.status for t in self.traces]
+
+    def cluster_reports(self) -> list[ClusterReport]:
+        return []
