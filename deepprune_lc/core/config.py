@@ -16,6 +16,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+__all__ = [
+    "DEFAULT_REASONING_WORDS",
+    "EarlyStoppingConfig",
+    "PrefixPolicy",
+    "PruningConfig",
+    "ReasoningWordsPrefix",
+    "RunConfig",
+    "SamplingConfig",
+    "TokensPrefix",
+]
+
 #: Default reasoning-word vocabulary. Case-insensitive, matched as whole words or short phrases.
 #: These are the discourse markers that open a new reasoning step in chain-of-thought text; counting
 #: them measures "how far the reasoning has gone" independently of how verbose each step is.
@@ -94,14 +105,32 @@ class TokensPrefix(_Frozen):
 PrefixPolicy = Annotated[ReasoningWordsPrefix | TokensPrefix, Field(discriminator="kind")]
 
 
-class PruningConfig(_Frozen):
+class RunConfig(_Frozen):
+    """What every parallel-sampling method shares: how many traces, the seed, the deadline.
+
+    The baselines (``SelfConsistency``) take exactly this; ``PruningConfig`` and
+    ``EarlyStoppingConfig`` extend it with their own settings.
+    """
+
+    n_traces: int = Field(16, ge=1, le=4096, description="Traces sampled in parallel (N).")
+    seed: int = Field(0, ge=0, description="Seeds the run's RNG and every trace's sampling seed.")
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Wall-clock budget for the whole run. When it passes, running traces are aborted and "
+            "the finished ones vote; the result is flagged with fallback='deadline'."
+        ),
+    )
+
+
+class PruningConfig(RunConfig):
     """How DeepPrune samples, clusters, prunes and votes.
 
     ``policy="majority"`` is the paper's MV variant (finish up to K2 traces of the largest cluster and
     majority-vote them); ``policy="diverse"`` is GC (one trace per cluster finishes; size-weighted vote).
     """
 
-    n_traces: int = Field(16, ge=1, le=4096, description="Traces sampled in parallel (N).")
     prefix: PrefixPolicy = Field(default_factory=ReasoningWordsPrefix)
     threshold: float = Field(
         0.5, gt=0.0, lt=1.0, description="tau: join a cluster when its mean judge score is > tau."
@@ -123,15 +152,6 @@ class PruningConfig(_Frozen):
     )
     policy: Literal["majority", "diverse"] = "majority"
     on_judge_error: Literal["fallback", "raise"] = "fallback"
-    seed: int = Field(0, ge=0, description="Seeds the run's RNG and every trace's sampling seed.")
-    deadline_s: float | None = Field(
-        None,
-        gt=0,
-        description=(
-            "Wall-clock budget for the whole run. When it passes, running traces are aborted and "
-            "the finished ones vote; the result is flagged with fallback='deadline'."
-        ),
-    )
 
 
 class SamplingConfig(_Frozen):
@@ -150,10 +170,10 @@ class SamplingConfig(_Frozen):
         return self
 
 
-class EarlyStoppingConfig(_Frozen):
-    """Early-stopping self-consistency (ESC, Li et al., 2024): windows of w traces."""
+class EarlyStoppingConfig(RunConfig):
+    """Early-stopping self-consistency (ESC, Li et al., 2024): windows of w traces.
 
-    n_traces: int = Field(16, ge=1, le=4096, description="Upper bound on traces sampled.")
+    ``n_traces`` is the upper bound on traces sampled.
+    """
+
     window: int = Field(4, ge=1, description="Traces per window; stop once a window is unanimous.")
-    seed: int = Field(0, ge=0)
-    deadline_s: float | None = Field(None, gt=0)

@@ -14,6 +14,22 @@ from pydantic import BaseModel, ConfigDict
 
 from deepprune_lc.core.result import DeepPruneResult
 
+__all__ = [
+    "ALL_EVENT_TYPES",
+    "DeepPruneEvent",
+    "EventListener",
+    "JudgeScored",
+    "PrefixReached",
+    "RunCompleted",
+    "TraceAborted",
+    "TraceClustered",
+    "TraceFinished",
+    "TracePruned",
+    "TraceResumed",
+    "TraceStarted",
+    "VoteCounted",
+]
+
 
 class DeepPruneEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -16,6 +16,14 @@ from functools import lru_cache
 
 from deepprune_lc.core.config import PrefixPolicy, ReasoningWordsPrefix, TokensPrefix
 
+__all__ = [
+    "PrefixTracker",
+    "ReasoningWordPrefixTracker",
+    "TokenPrefixTracker",
+    "make_prefix_tracker",
+    "reasoning_word_prefix",
+]
+
 
 class PrefixTracker:
     """Accumulates one trace's text until its prefix is complete."""

@@ -15,18 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
-from deepprune_lc.core.config import PrefixPolicy, SamplingConfig
+from deepprune_lc.core.config import RunConfig, SamplingConfig
 from deepprune_lc.core.controllers import (
+    AbortReason,
     AbortTrace,
     Action,
     ClusterTrace,
-    Controller,
-    DeepPruneController,
+    ControllerProtocol,
     FailRun,
     ParkTrace,
     ResumeTrace,
@@ -49,8 +50,8 @@ from deepprune_lc.core.events import (
     TraceStarted,
     VoteCounted,
 )
+from deepprune_lc.core.monitors import PrefixComplete, Signal, TraceMonitor
 from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt, TraceRequest
-from deepprune_lc.core.prefix import PrefixTracker, make_prefix_tracker
 from deepprune_lc.core.result import (
     DeepPruneResult,
     RunTotals,
@@ -64,6 +65,7 @@ ABORT_GRACE_S = 10.0
 ABORT_SLACK_TOKENS = 64
 
 _run_counter = itertools.count()
+_log = logging.getLogger(__name__)
 
 
 def validate_prompt(prompt: Prompt) -> Prompt:
@@ -90,7 +92,8 @@ class _TraceRun:
     trace_id: int
     token_ids: list[int] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
-    tracker: PrefixTracker | None = None
+    monitor: TraceMonitor | None = None
+    monitor_chosen: bool = False
     request_id: str | None = None
     incarnation: int = 0
     task: asyncio.Task[None] | None = None
@@ -115,27 +118,30 @@ class Driver:
         self,
         backend: GenerationBackend,
         judge: Judge | None,
-        controller: Controller,
+        controller: ControllerProtocol,
         *,
         prompt: Prompt,
         sampling: SamplingConfig,
-        prefix_policy: PrefixPolicy | None,
-        seed: int,
-        deadline_s: float | None,
+        run: RunConfig,
         listeners: Sequence[EventListener] = (),
         policy: str | None = None,
     ) -> None:
-        if controller.needs_prefixes and (judge is None or prefix_policy is None):
-            raise ValueError(f"{type(controller).__name__} needs a judge and a prefix policy")
+        if controller.needs_judge and judge is None:
+            raise ValueError(f"{type(controller).__name__} needs a judge")
+        if controller.n_traces != run.n_traces:
+            raise ValueError(
+                f"run.n_traces={run.n_traces} but the controller runs {controller.n_traces} traces"
+            )
         self.backend = backend
         self.judge = judge
         self.controller = controller
         self.prompt = prompt
         self.sampling = sampling
-        self.prefix_policy = prefix_policy
-        self.seed = seed
-        self.deadline_s = deadline_s
+        self.seed = run.seed
+        self.deadline_s = run.deadline_s
         self.listeners = list(listeners)
+        #: Exceptions raised by listeners, per listener index (logged; they never stop the run).
+        self.listener_errors: dict[int, int] = {}
         self.policy = policy
         self.run_id = f"dp-{uuid.uuid4().hex[:8]}-{next(_run_counter)}"
         self.traces = [_TraceRun(t) for t in range(controller.n_traces)]
@@ -163,6 +169,7 @@ class Driver:
             await self._shutdown(reason="cancelled" if not completed else "finalised")
         result = self._build_result()
         if self._failure is not None:
+            self._report_listener_errors()
             self._failure.partial_result = result
             raise self._failure
         self._emit(
@@ -175,6 +182,7 @@ class Driver:
             fallback=result.fallback,
         )
         self._emit(RunCompleted, result=result)
+        self._report_listener_errors()
         return result
 
     async def _wait_until_done(self) -> None:
@@ -233,13 +241,16 @@ class Driver:
 
     def _start(self, trace_id: int, *, resume: bool, cluster_id: int = -1) -> None:
         trace = self.traces[trace_id]
-        if trace.tracker is None and not resume and self.controller.needs_prefixes:
-            assert self.prefix_policy is not None
-            trace.tracker = make_prefix_tracker(self.prefix_policy)
+        if not trace.monitor_chosen:
+            # Chosen once per trace; a resumed trace keeps its monitor, so its counts run on.
+            trace.monitor = self.controller.monitor(trace_id)
+            trace.monitor_chosen = True
         previous = trace.task
         trace.stop_before_start = False
         trace.task = asyncio.get_running_loop().create_task(
-            self._consume(trace, resume=resume, cluster_id=cluster_id, previous=previous),
+            self._guarded(
+                self._consume(trace, resume=resume, cluster_id=cluster_id, previous=previous)
+            ),
             name=f"{self.run_id}-trace-{trace_id}",
         )
 
@@ -267,7 +278,11 @@ class Driver:
         task.add_done_callback(self._aux_tasks.discard)
 
     async def _guarded(self, coro: Coroutine[object, object, None]) -> None:
-        """Run a helper task; a bug in it fails the run loudly instead of hanging it."""
+        """Run a trace or helper task; a bug in it fails the run loudly instead of hanging it.
+
+        Without this an exception in a task (a controller that rejects an impossible event, a
+        failing action) would end that task silently and leave ``run`` waiting forever.
+        """
         try:
             await coro
         except asyncio.CancelledError:
@@ -325,15 +340,15 @@ class Driver:
             # Hot path: one iteration per delta. Keep it to appends, one counter, one check.
             ids_extend = trace.token_ids.extend
             chunks_append = trace.chunks.append
-            tracker = trace.tracker
-            if tracker is not None and tracker.complete:
-                tracker = None
+            monitor = trace.monitor
+            if monitor is not None and not monitor.active:
+                monitor = None
             async for delta in stream:
                 ids = delta.token_ids
                 ids_extend(ids)
                 chunks_append(delta.text)
-                if tracker is None and delta.finish_reason is None and not trace.abort_requested:
-                    continue  # the common case once the prefix is known: nothing to decide
+                if monitor is None and delta.finish_reason is None and not trace.abort_requested:
+                    continue  # the common case once no signal is due: nothing to decide
                 if trace.abort_requested:
                     trace.tokens_after_abort += len(ids)
                     if (
@@ -342,9 +357,12 @@ class Driver:
                     ):
                         finish_reason = "abort"  # the backend ignored the abort: close it ourselves
                         break
-                elif tracker is not None and tracker.feed(delta.text, len(ids)):
-                    tracker = None
-                    self._on_prefix(trace, ended_early=False)
+                elif monitor is not None:
+                    signals = monitor.feed(delta)
+                    if not monitor.active:
+                        monitor = None
+                    if signals:
+                        self._on_signals(trace, signals)
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                     break
@@ -369,17 +387,17 @@ class Driver:
         trace.stream_open = False
         self._on_stream_end(trace, finish_reason)
 
-    def _on_prefix(self, trace: _TraceRun, *, ended_early: bool) -> None:
-        assert trace.tracker is not None
-        prefix = trace.tracker.prefix_text if not ended_early else trace.tracker.close()
-        trace.prefix_tokens = trace.tracker.tokens
-        self._emit(
-            PrefixReached,
-            trace_id=trace.trace_id,
-            prefix_tokens=trace.tracker.tokens,
-            ended_early=ended_early,
-        )
-        self._execute(self.controller.on_prefix(trace.trace_id, prefix or ""))
+    def _on_signals(self, trace: _TraceRun, signals: Sequence[Signal]) -> None:
+        for signal in signals:
+            if isinstance(signal, PrefixComplete):
+                trace.prefix_tokens = signal.tokens
+                self._emit(
+                    PrefixReached,
+                    trace_id=trace.trace_id,
+                    prefix_tokens=signal.tokens,
+                    ended_early=signal.ended_early,
+                )
+            self._execute(self.controller.on_signal(trace.trace_id, signal))
 
     def _on_stream_end(self, trace: _TraceRun, finish_reason: str | None) -> None:
         if finish_reason == "abort" or (finish_reason is None and trace.abort_requested):
@@ -387,13 +405,13 @@ class Driver:
                 self._fail(GenerationError(f"backend aborted trace {trace.trace_id} on its own"))
             return
         trace.finish_reason = finish_reason or "stop"
-        if trace.tracker is not None and not trace.tracker.complete:
-            self._on_prefix(trace, ended_early=True)
+        if trace.monitor is not None and trace.monitor.active:
+            self._on_signals(trace, trace.monitor.close())
         actions = self.controller.on_finished(trace.trace_id, trace.text, trace.finish_reason)
         self._emit(
             TraceFinished,
             trace_id=trace.trace_id,
-            answer=self.controller.traces[trace.trace_id].answer,
+            answer=self.controller.answer_of(trace.trace_id),
             finish_reason=trace.finish_reason,
             tokens_decoded=len(trace.token_ids),
         )
@@ -436,13 +454,23 @@ class Driver:
             if cause is not None:
                 error.__cause__ = cause
             self._failure = error
-            self._execute(self.controller.abort_all("error"))
+            self._done.set()
+            self._abort_everything("error")
         self._done.set()
 
-    async def _shutdown(self, reason: str) -> None:
+    def _abort_everything(self, reason: AbortReason) -> None:
+        """Ask the controller to stop every trace; if even that fails, stop every stream directly."""
+        try:
+            self._execute(self.controller.abort_all(reason))
+        except Exception:
+            _log.exception("run %s: the controller failed to abort its traces", self.run_id)
+            for trace in self.traces:
+                self._stop(trace.trace_id)
+
+    async def _shutdown(self, reason: AbortReason) -> None:
         """Abort every request still open, then wait for (or cancel) every task we started."""
         if not self.controller.done:
-            self._execute(self.controller.abort_all(reason))
+            self._abort_everything(reason)
         for trace in self.traces:
             if trace.stream_open and trace.request_id is not None:
                 trace.abort_requested = True
@@ -464,18 +492,47 @@ class Driver:
         return time.perf_counter() - self._t0
 
     def _emit(self, event_type: type[DeepPruneEvent], **fields: object) -> None:
+        """Tell every listener. A listener that raises is logged and the run goes on.
+
+        Events are emitted from inside the driver's own steps (between a controller decision and
+        the actions it returns), so an exception escaping here would skip those actions and could
+        leave the run waiting forever. A listener observes the run; it cannot stop it. Its first
+        failure is logged with the traceback, the count of later ones when the run ends.
+        """
         if not self.listeners:
             return
         event = event_type(run_id=self.run_id, elapsed_s=self._elapsed(), **fields)
-        for listener in self.listeners:
-            listener(event)
+        for index, listener in enumerate(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                failures = self.listener_errors.get(index, 0) + 1
+                self.listener_errors[index] = failures
+                if failures == 1:
+                    _log.exception(
+                        "run %s: event listener %r raised on %s; the run goes on",
+                        self.run_id,
+                        listener,
+                        event.name,
+                    )
+
+    def _report_listener_errors(self) -> None:
+        for index, failures in self.listener_errors.items():
+            if failures > 1:
+                _log.warning(
+                    "run %s: event listener %r raised on %d events in all",
+                    self.run_id,
+                    self.listeners[index],
+                    failures,
+                )
 
     def _build_result(self) -> DeepPruneResult:
         controller = self.controller
         outcome = controller.outcome
         reports: list[TraceReport] = []
         finished_lengths: list[int] = []
-        for trace, state in zip(self.traces, controller.traces, strict=True):
+        for trace in self.traces:
+            state = controller.trace_view(trace.trace_id)
             if state.status is None:
                 continue  # never sampled (ESC stopped before this window)
             if state.status == "finished":
@@ -523,7 +580,7 @@ class Driver:
         winner = outcome.winning_trace if outcome else None
         fallback = outcome.fallback if outcome else None
         error = str(self._failure) if self._failure else None
-        if isinstance(controller, DeepPruneController) and controller.fallback_detail:
+        if controller.fallback_detail:
             error = error or f"judge error: {controller.fallback_detail}"
         return DeepPruneResult(
             method=controller.method,

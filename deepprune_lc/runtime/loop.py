@@ -11,6 +11,11 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+__all__ = [
+    "background_loop",
+    "run_sync",
+]
+
 T = TypeVar("T")
 
 _lock = threading.Lock()

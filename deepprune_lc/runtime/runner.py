@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from deepprune_lc.core.answers import AnswerRules
-from deepprune_lc.core.config import EarlyStoppingConfig, PruningConfig, SamplingConfig
+from deepprune_lc.core.config import EarlyStoppingConfig, PruningConfig, RunConfig, SamplingConfig
 from deepprune_lc.core.controllers import (
-    Controller,
+    ControllerProtocol,
     DeepPruneController,
     EarlyStoppingController,
     SelfConsistencyController,
@@ -21,6 +21,12 @@ from deepprune_lc.core.events import DeepPruneEvent, EventListener
 from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.runtime.driver import Driver, iterate_events, validate_prompt
+
+__all__ = [
+    "DeepPrune",
+    "EarlyStoppingSelfConsistency",
+    "SelfConsistency",
+]
 
 
 def _require_backend(backend: object) -> GenerationBackend:
@@ -95,9 +101,7 @@ class DeepPrune(_ParallelRunner):
             controller,
             prompt=prompt,
             sampling=self.sampling,
-            prefix_policy=self.config.prefix,
-            seed=self.config.seed,
-            deadline_s=self.config.deadline_s,
+            run=self.config,
             listeners=listeners,
             policy=self.config.policy,
         )
@@ -117,11 +121,13 @@ class SelfConsistency(_ParallelRunner):
         deadline_s: float | None = None,
     ) -> None:
         super().__init__(backend, sampling=sampling, answers=answers)
-        # Reuse PruningConfig's validation for the shared fields.
-        checked = PruningConfig(n_traces=n_traces, seed=seed, deadline_s=deadline_s)
-        self.n_traces, self.seed, self.deadline_s = checked.n_traces, checked.seed, deadline_s
+        self.run_config = self._run_config(n_traces, seed, deadline_s)
+        self.n_traces, self.seed, self.deadline_s = n_traces, seed, deadline_s
 
-    def _controller(self) -> Controller:
+    def _run_config(self, n_traces: int, seed: int, deadline_s: float | None) -> RunConfig:
+        return RunConfig(n_traces=n_traces, seed=seed, deadline_s=deadline_s)
+
+    def _controller(self) -> ControllerProtocol:
         return SelfConsistencyController(self.n_traces, self.answers)
 
     def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
@@ -131,9 +137,7 @@ class SelfConsistency(_ParallelRunner):
             self._controller(),
             prompt=prompt,
             sampling=self.sampling,
-            prefix_policy=None,
-            seed=self.seed,
-            deadline_s=self.deadline_s,
+            run=self.run_config,
             listeners=listeners,
         )
 
@@ -159,5 +163,8 @@ class EarlyStoppingSelfConsistency(SelfConsistency):
             deadline_s=self.esc_config.deadline_s,
         )
 
-    def _controller(self) -> Controller:
+    def _run_config(self, n_traces: int, seed: int, deadline_s: float | None) -> RunConfig:
+        return self.esc_config
+
+    def _controller(self) -> ControllerProtocol:
         return EarlyStoppingController(self.esc_config, self.answers)

@@ -42,7 +42,7 @@ def esc(n: int, window: int, rules: AnswerRules = EXACT) -> EarlyStoppingControl
 
 def test_self_consistency_runs_every_trace_and_the_majority_wins() -> None:
     ctl = SelfConsistencyController(5, EXACT)
-    assert not ctl.needs_prefixes
+    assert ctl.monitor(0) is None and not ctl.needs_judge
     assert ctl.start() == [StartTrace(t) for t in range(5)]
     assert ctl.statuses() == ["running"] * 5
     for t, answer in [(3, "8"), (0, "7"), (4, None), (1, "7")]:
@@ -126,7 +126,7 @@ def test_self_consistency_abort_all_ends_without_a_vote() -> None:
 
 def test_esc_stops_at_the_first_unanimous_window() -> None:
     ctl = esc(10, 4)
-    assert not ctl.needs_prefixes
+    assert ctl.monitor(0) is None and not ctl.needs_judge
     assert ctl.start() == [StartTrace(t) for t in range(4)]
     assert ctl.statuses() == ["running"] * 4 + [None] * 6
     for t in (2, 0, 3):

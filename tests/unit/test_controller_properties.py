@@ -184,7 +184,7 @@ def simulate(sc: Scenario) -> Run:
 
     def finish(t: int) -> None:
         text = trace_text(sc.answers[t])
-        if sim[t] == "pre" and ctl.needs_prefixes:
+        if sim[t] == "pre" and ctl.needs_judge:
             # Ended before its prefix completed: the driver reports the whole text as prefix.
             reached[t] = True
             apply(ctl.on_prefix(t, text))
@@ -239,7 +239,7 @@ def simulate(sc: Scenario) -> Run:
     while run.ended is None:
         events: list[tuple[float, object]] = []
         for t in range(sc.n):
-            if sim[t] == "pre" and ctl.needs_prefixes and not sc.early[t]:
+            if sim[t] == "pre" and ctl.needs_judge and not sc.early[t]:
                 events.append((1.0, lambda t=t: reach_prefix(t)))
             elif sim[t] == "pre":
                 events.append((1.0, lambda t=t: finish(t)))

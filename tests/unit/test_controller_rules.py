@@ -1,4 +1,4 @@
-"""One test per rule of the DeepPrune controller (DEEPPRUNE.md, "Paper facts" and "Our choices").
+"""One test per rule of the DeepPrune controller (docs/method.md: the paper's rules and ours).
 
 The controller is sans-IO, so every test is a short story told with plain data: a tiny harness feeds
 it events (prefix reached, trace finished, judge answered, deadline) and records the actions it
@@ -28,6 +28,7 @@ from deepprune_lc.core.controllers import (
     ScorePairs,
     StartTrace,
 )
+from deepprune_lc.core.monitors import PrefixMonitor
 from deepprune_lc.core.ports import PrefixPair
 
 SAME = 0.9  # fake judge: probability for two traces of the same true answer group
@@ -170,13 +171,13 @@ def test_start_starts_every_trace() -> None:
     story = Story(4)
     assert story.start() == [StartTrace(0), StartTrace(1), StartTrace(2), StartTrace(3)]
     assert story.statuses == ["running"] * 4
-    assert story.ctl.needs_prefixes
+    assert isinstance(story.ctl.monitor(0), PrefixMonitor) and story.ctl.needs_judge
 
 
 def test_single_trace_runs_alone_and_never_asks_the_judge() -> None:
     story = Story(1)
     assert story.start() == [StartTrace(0)]
-    assert not story.ctl.needs_prefixes
+    assert story.ctl.monitor(0) is None and not story.ctl.needs_judge
     assert story.prefix(0) == []  # even if a driver reports one, nothing is clustered
     assert story.finish(0, "7") == [RunDone()]
     assert story.of_type(ScorePairs) == []

@@ -23,27 +23,44 @@ from deepprune_lc.core.controllers.actions import (
     ScorePairs,
     StartTrace,
 )
-from deepprune_lc.core.controllers.base import Controller, Outcome, TraceState
+from deepprune_lc.core.controllers.base import Controller, Outcome, TraceState, TraceView
 from deepprune_lc.core.controllers.baselines import (
     EarlyStoppingController,
     SelfConsistencyController,
 )
 from deepprune_lc.core.controllers.deepprune import DeepPruneController
+from deepprune_lc.core.controllers.protocol import ControllerProtocol
+from deepprune_lc.core.controllers.states import (
+    TRANSITIONS,
+    AbortReason,
+    ControllerProtocolError,
+    Fallback,
+    Phase,
+    transition,
+)
 
 __all__ = [
+    "TRANSITIONS",
+    "AbortReason",
     "AbortTrace",
     "Action",
     "ClusterTrace",
     "Controller",
+    "ControllerProtocol",
+    "ControllerProtocolError",
     "DeepPruneController",
     "EarlyStoppingController",
     "FailRun",
+    "Fallback",
     "Outcome",
     "ParkTrace",
+    "Phase",
     "ResumeTrace",
     "RunDone",
     "ScorePairs",
     "SelfConsistencyController",
     "StartTrace",
     "TraceState",
+    "TraceView",
+    "transition",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deepprune_lc.core.controllers.states import AbortReason
 from deepprune_lc.core.ports import PrefixPair
 
 __all__ = [
@@ -69,7 +70,7 @@ class AbortTrace:
     """Stop the trace for good; it will not vote."""
 
     trace_id: int
-    reason: str
+    reason: AbortReason
 
 
 @dataclass(frozen=True, slots=True)

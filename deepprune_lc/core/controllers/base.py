@@ -1,4 +1,10 @@
-"""The controller base: trace states, finish order, voting and terminal-state accounting."""
+"""The controller base: trace states, finish order, voting and terminal-state accounting.
+
+``Controller`` implements the :class:`~deepprune_lc.core.controllers.protocol.ControllerProtocol`
+that the driver depends on. Subclasses (the baselines, DeepPrune) decide *what* to do; this base
+owns the bookkeeping every method shares, including the single place where a trace's status
+changes (``_move``, checked against the transition table in ``states.py``).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,22 @@ from deepprune_lc.core.controllers.actions import (
     RunDone,
     StartTrace,
 )
+from deepprune_lc.core.controllers.states import (
+    AbortReason,
+    ControllerProtocolError,
+    Fallback,
+    transition,
+)
+from deepprune_lc.core.monitors import PrefixComplete, Signal, TraceMonitor
 from deepprune_lc.core.result import TERMINAL_STATUSES, ClusterReport, TraceStatus, VoteGroup
 
-__all__ = ["Controller", "Outcome", "TraceState"]
+__all__ = ["Controller", "Outcome", "TraceState", "TraceView"]
 
 
 @dataclass(slots=True)
 class TraceState:
+    """What a controller knows of one trace. Change ``status`` only through ``Controller._move``."""
+
     trace_id: int
     status: TraceStatus | None = None  # None: not started yet
     cluster_id: int | None = None
@@ -36,19 +51,29 @@ class TraceState:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceView:
+    """A read-only snapshot of one trace's controller state, for the driver's reports."""
+
+    status: TraceStatus | None
+    cluster_id: int | None
+    cluster_score: float | None
+    answer: str | None
+    resumed: bool
+    voted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     answer: str | None
     winning_trace: int | None
     votes: tuple[VoteGroup, ...]
-    fallback: str | None
+    fallback: Fallback | None
 
 
 class Controller:
     """Shared bookkeeping: trace states, finish order, voting, terminal-state accounting."""
 
     method: str = "base"
-    #: Whether the driver must track prefixes and call ``on_prefix``.
-    needs_prefixes: bool = False
 
     def __init__(self, n_traces: int, rules: AnswerRules) -> None:
         self.n_traces = n_traces
@@ -56,22 +81,58 @@ class Controller:
         self.traces = [TraceState(t) for t in range(n_traces)]
         self.done = False
         self.outcome: Outcome | None = None
+        #: Why the method fell back (e.g. the judge's error), for the result's ``error`` field.
+        self.fallback_detail: str | None = None
         self._finish_counter = 0
+
+    # What the driver asks --------------------------------------------------------------------------
+    @property
+    def needs_judge(self) -> bool:
+        """Whether the driver must have a judge to execute this controller's ``ScorePairs``."""
+        return False
+
+    def monitor(self, trace_id: int) -> TraceMonitor | None:
+        """The monitor the driver should feed this trace's deltas to (None: no signals needed)."""
+        self._state(trace_id)
+        return None
+
+    def answer_of(self, trace_id: int) -> str | None:
+        """The trace's extracted final answer (None until it finished, or if it has none)."""
+        return self._state(trace_id).answer
+
+    def trace_view(self, trace_id: int) -> TraceView:
+        state = self._state(trace_id)
+        return TraceView(
+            status=state.status,
+            cluster_id=state.cluster_id,
+            cluster_score=state.cluster_score,
+            answer=state.answer,
+            resumed=state.resumed,
+            voted=state.voted,
+        )
 
     # Events from the driver -----------------------------------------------------------------------
     def start(self) -> list[Action]:
         raise NotImplementedError
 
+    def on_signal(self, trace_id: int, signal: Signal) -> list[Action]:
+        """A signal from the trace's monitor. The base understands ``PrefixComplete``."""
+        if isinstance(signal, PrefixComplete):
+            return self.on_prefix(trace_id, signal.prefix)
+        self._require_started(trace_id, type(signal).__name__)
+        return []
+
     def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
+        self._require_started(trace_id, "on_prefix")
         return []
 
     def on_finished(self, trace_id: int, text: str, finish_reason: str) -> list[Action]:
         """The trace's stream ended on its own (``stop`` or ``length``)."""
-        state = self.traces[trace_id]
+        state = self._require_started(trace_id, "on_finished")
         if state.terminal or self.done:
             # Raced with an abort we had already decided on: its tokens count, it does not vote.
             return []
-        state.status = "finished"
+        self._move(trace_id, "finished")
         state.finish_reason = finish_reason
         state.answer = self.rules.extract(text)
         state.finish_order = self._finish_counter
@@ -92,7 +153,7 @@ class Controller:
         actions += self._finish_run(self._deadline_ballots(), fallback="deadline")
         return actions
 
-    def abort_all(self, reason: str) -> list[Action]:
+    def abort_all(self, reason: AbortReason) -> list[Action]:
         """The run failed or was cancelled: stop everything, keep what finished (no vote)."""
         if self.done:
             return []
@@ -109,22 +170,42 @@ class Controller:
         return self._ballots(t.trace_id for t in self.traces if t.status == "finished")
 
     # Helpers ----------------------------------------------------------------------------------------
+    def _state(self, trace_id: int) -> TraceState:
+        if not isinstance(trace_id, int) or not 0 <= trace_id < self.n_traces:
+            raise ControllerProtocolError(
+                f"trace {trace_id!r}: no such trace (this run has traces 0..{self.n_traces - 1})"
+            )
+        return self.traces[trace_id]
+
+    def _require_started(self, trace_id: int, event: str) -> TraceState:
+        state = self._state(trace_id)
+        if state.status is None:
+            raise ControllerProtocolError(
+                f"trace {trace_id}: {event} for a trace that was never started"
+            )
+        return state
+
+    def _move(self, trace_id: int, status: TraceStatus) -> None:
+        """The one place a trace's status changes; illegal moves raise ControllerProtocolError."""
+        state = self.traces[trace_id]
+        state.status = transition(trace_id, state.status, status)
+
     def _start(self, trace_ids: Sequence[int]) -> list[Action]:
         for t in trace_ids:
-            self.traces[t].status = "running"
+            self._move(t, "running")
         return [StartTrace(t) for t in trace_ids]
 
-    def _abort(self, trace_id: int, reason: str) -> list[Action]:
+    def _abort(self, trace_id: int, reason: AbortReason) -> list[Action]:
         state = self.traces[trace_id]
         if state.status == "running":
-            state.status = "aborted"
+            self._move(trace_id, "aborted")
             return [AbortTrace(trace_id, reason)]
         if state.status == "parked":
-            state.status = "pruned"
+            self._move(trace_id, "pruned")
         # A trace that was never started (status None, e.g. ESC stopped early) stays unsampled.
         return []
 
-    def _stop_all(self, reason: str) -> list[Action]:
+    def _stop_all(self, reason: AbortReason) -> list[Action]:
         actions: list[Action] = []
         for state in self.traces:
             if not state.terminal:
@@ -142,7 +223,7 @@ class Controller:
                 ballots.append(Ballot(t, state.answer, weight, state.finish_order or 0))
         return ballots
 
-    def _finish_run(self, ballots: list[Ballot], fallback: str | None = None) -> list[Action]:
+    def _finish_run(self, ballots: list[Ballot], fallback: Fallback | None = None) -> list[Action]:
         """Vote, settle every non-terminal trace, and end the run.
 
         With no ballot, fall back to every finished trace with an extractable answer, then to the

@@ -19,6 +19,8 @@ from deepprune_lc.core.controllers.actions import (
     ScorePairs,
 )
 from deepprune_lc.core.controllers.base import Controller
+from deepprune_lc.core.controllers.states import Phase
+from deepprune_lc.core.monitors import PrefixMonitor, TraceMonitor
 from deepprune_lc.core.ports import PrefixPair
 from deepprune_lc.core.result import ClusterReport
 
@@ -59,23 +61,31 @@ class DeepPruneController(Controller):
         self.config = config
         self.rng = rng if rng is not None else random.Random(config.seed)
         self.clusters: list[Cluster] = []
-        self.phase = "sampling"
+        self.phase: Phase = "sampling"
         self.judge_pairs = 0
         self._queue: deque[int] = deque()  # traces with a prefix, waiting to be clustered
         self._pending: _PendingJudgement | None = None
         self._request_counter = 0
         self._clustered = 0
         self._finalists: set[int] = set()
-        self.fallback_detail: str | None = None
-        # One trace needs no judge: it simply runs (DEEPPRUNE.md, "Our choices" 6).
-        self.needs_prefixes = config.n_traces > 1
+
+    # -- what the driver asks ----------------------------------------------------------------------
+    @property
+    def needs_judge(self) -> bool:
+        # One trace needs no judge: it simply runs (docs/method.md: ``n_traces=1`` runs one trace).
+        return self.n_traces > 1
+
+    def monitor(self, trace_id: int) -> TraceMonitor | None:
+        """Every trace is watched until its prefix is complete (unless there is nothing to judge)."""
+        self._state(trace_id)
+        return PrefixMonitor(self.config.prefix) if self.needs_judge else None
 
     # -- events ----------------------------------------------------------------------------------
     def start(self) -> list[Action]:
         return self._start(range(self.n_traces))
 
     def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
-        state = self.traces[trace_id]
+        state = self._require_started(trace_id, "on_prefix")
         if self.done or self.n_traces == 1 or self.phase != "sampling" or state.prefix is not None:
             return []
         state.prefix = prefix
@@ -220,7 +230,7 @@ class DeepPruneController(Controller):
             ClusterTrace(trace_id, cluster_id, False, score, len(cluster.members), forced)
         ]
         if state.status == "running":
-            state.status = "parked"
+            self._move(trace_id, "parked")
             actions.append(ParkTrace(trace_id, cluster_id))
         return actions
 
@@ -271,7 +281,8 @@ class DeepPruneController(Controller):
         room = max(0, budget - len(finalists))
         for member in self.rng.sample(parked, min(room, len(parked))):
             state = self.traces[member]
-            state.status, state.resumed = "running", True
+            self._move(member, "running")
+            state.resumed = True
             finalists.append(member)
             actions.append(ResumeTrace(member, winner.cluster_id))
         self._finalists = set(finalists)
