@@ -1,0 +1,67 @@
+"""``ConstantJudge``: a judge that gives every pair the same probability, without reading it.
+
+Why ship a judge that ignores its input: it is the baseline every real judge is compared with, and
+the tool that takes the judge out of a measurement.
+
+* ``ConstantJudge(1.0)``: every trace joins the first cluster ("everything is one answer"), so
+  DeepPrune keeps only as many traces as the finalists need and prunes the rest blindly; what
+  accuracy survives that is what pruning without judgement gives.
+* ``ConstantJudge(0.0)``: no two traces are ever merged; every trace founds its own cluster until
+  the cluster cap is reached (the driver's worst case for judge calls, with no judge latency).
+* Benchmarks of the driver's own cost use it so that the judge costs nothing and answers at once.
+
+``prefill_tokens_per_pair`` lets a test or a cost model pretend the judge read that many tokens per
+pair, so judge-cost accounting can be checked without a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from deepprune_lc.core.ports import JudgeScores, PrefixPair
+
+__all__ = ["ConstantJudge"]
+
+
+class ConstantJudge:
+    """Scores every pair with ``probability``; reports ``prefill_tokens_per_pair`` per pair read.
+
+    ``calls`` and ``pairs_scored`` count the batches and pairs it was asked about, so a benchmark
+    or a test can tell whether (and how much) the judge was consulted.
+    """
+
+    def __init__(self, probability: float, *, prefill_tokens_per_pair: int = 0) -> None:
+        if isinstance(probability, bool) or not isinstance(probability, int | float):
+            raise ValueError(f"probability: must be a number in [0, 1], got {probability!r}")
+        if not math.isfinite(probability) or not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability: must be in [0, 1], got {probability!r}")
+        if (
+            isinstance(prefill_tokens_per_pair, bool)
+            or not isinstance(prefill_tokens_per_pair, int)
+            or prefill_tokens_per_pair < 0
+        ):
+            raise ValueError(
+                f"prefill_tokens_per_pair: must be an integer >= 0, got {prefill_tokens_per_pair!r}"
+            )
+        self.probability = float(probability)
+        self.prefill_tokens_per_pair = prefill_tokens_per_pair
+        self.calls = 0
+        self.pairs_scored = 0
+
+    def __repr__(self) -> str:
+        extra = (
+            f", prefill_tokens_per_pair={self.prefill_tokens_per_pair}"
+            if self.prefill_tokens_per_pair
+            else ""
+        )
+        return f"ConstantJudge({self.probability!r}{extra})"
+
+    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        """The constant for every pair, at once (no await: the judge does no work)."""
+        self.calls += 1
+        self.pairs_scored += len(pairs)
+        return JudgeScores(
+            [self.probability] * len(pairs),
+            prefill_tokens=self.prefill_tokens_per_pair * len(pairs),
+        )
