@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import ValidationError
@@ -14,9 +14,7 @@ from deepprune_lc import (
     DeepPruneError,
     GenerationError,
     JudgeError,
-    JudgeScores,
     LexicalJudge,
-    PrefixPair,
     PruningConfig,
     ReplayBackend,
     SamplingConfig,
@@ -27,6 +25,7 @@ from deepprune_lc import (
 )
 from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
 from deepprune_lc.core.events import RunCompleted, TraceClustered, TracePruned, TraceResumed
+from deepprune_lc.testing import ConstantJudge, FailingJudge
 
 QUESTION = "What is 6 times 7?"
 
@@ -48,21 +47,6 @@ def pool() -> TracePool:
 @pytest.fixture
 def backend(pool: TracePool) -> ReplayBackend:
     return ReplayBackend(pool, yield_every=1)
-
-
-class ConstantJudge:
-    def __init__(self, probability: float) -> None:
-        self.probability = probability
-        self.calls = 0
-
-    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
-        self.calls += 1
-        return JudgeScores([self.probability] * len(pairs), prefill_tokens=10 * len(pairs))
-
-
-class FailingJudge:
-    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
-        raise RuntimeError("judge server unreachable")
 
 
 class FailingBackend:
@@ -169,9 +153,9 @@ async def test_parked_traces_resume_token_exact(backend: ReplayBackend) -> None:
     """
     config = PruningConfig(n_traces=8, prefix=TokensPrefix(k=8), finalists=8, max_judge_batch=1)
     events: list[object] = []
-    result = await DeepPrune(backend, ConstantJudge(1.0), config, answers="exact").run(
-        QUESTION, listeners=[events.append]
-    )
+    result = await DeepPrune(
+        backend, ConstantJudge(1.0, prefill_tokens_per_pair=10), config, answers="exact"
+    ).run(QUESTION, listeners=[events.append])
     pruned = {e.trace_id for e in events if isinstance(e, TracePruned)}
     resumed = {e.trace_id for e in events if isinstance(e, TraceResumed)}
     assert pruned and pruned == resumed
