@@ -26,7 +26,8 @@ from deepprune_lc.core.config import (
     SamplingConfig,
     TokensPrefix,
 )
-from deepprune_lc.core.ports import JudgeScores, PrefixPair, TraceRequest
+from deepprune_lc.core.ports import TraceRequest
+from deepprune_lc.judges.fixed import ConstantJudge
 from deepprune_lc.judges.lexical import LexicalJudge
 from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
 
@@ -124,16 +125,6 @@ async def replay_sweep(
 # Driver overhead
 
 
-class InstantJudge:
-    """Answers at once with a constant probability: isolates the driver's own cost."""
-
-    def __init__(self, probability: float) -> None:
-        self.probability = probability
-
-    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
-        return JudgeScores([self.probability] * len(pairs))
-
-
 async def _drain(backend: ReplayBackend, n_traces: int, prompt: str) -> int:
     """The floor: consume every stream concurrently, doing nothing with the deltas."""
     sampling = SamplingConfig(max_tokens=1_000_000)
@@ -153,7 +144,8 @@ async def driver_overhead(n_traces: int = 512, tokens: int = 2000, repeats: int 
     prompt = "synthetic"
     backend = ReplayBackend.synthetic(n_traces, tokens, prompt=prompt, yield_every=16)
     sampling = SamplingConfig(max_tokens=1_000_000)
-    never_similar = InstantJudge(0.0)
+    # Answers at once and merges nothing: the judge costs nothing, so the driver's own cost shows.
+    never_similar = ConstantJudge(0.0)
     modes = {
         "drain (no DeepPrune)": None,
         "self-consistency through the driver": SelfConsistency(
