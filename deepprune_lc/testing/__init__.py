@@ -4,19 +4,31 @@ Like langchain-tests, this package is for test code only: it needs pytest.
 
 * ``BackendConformanceTests`` / ``JudgeConformanceTests``: the ``GenerationBackend`` and ``Judge``
   contracts as pytest classes; a backend's or judge's tests subclass them in a few lines.
-* ``fakes``: fake judges (``ConstantJudge``, ``ScriptedJudge``, ``FailingJudge``, ``SlowJudge``)
-  and fault-injecting backend wrappers (``FailingBackend``, ``DeafBackend``).
+* Fake judges (``ConstantJudge``, ``ScriptedJudge``, ``FailingJudge``, ``SlowJudge``) and
+  fault-injecting backend wrappers (``FailingBackend``, ``DeafBackend``), from ``.fakes``.
 * The settings the reasoner declares to langchain-tests' standard suites.
 """
 
-from deepprune_lc.langchain.standard_suites import (
+import pytest
+
+# As langchain-tests does: pytest rewrites the suites' asserts (before they are imported), so a
+# failing check in a subclass's run shows the values it compared.
+pytest.register_assert_rewrite(
+    "deepprune_lc.testing.backend_suite", "deepprune_lc.testing.judge_suite"
+)
+
+from deepprune_lc.langchain.standard_suites import (  # noqa: E402
     IntegrationSuiteSettings,
     SuiteCapabilities,
     UnitSuiteSettings,
     small_engine_params,
 )
-from deepprune_lc.testing.backend_suite import FINISH_REASONS, BackendConformanceTests, StreamRecord
-from deepprune_lc.testing.fakes import (
+from deepprune_lc.testing.backend_suite import (  # noqa: E402
+    FINISH_REASONS,
+    BackendConformanceTests,
+    StreamRecord,
+)
+from deepprune_lc.testing.fakes import (  # noqa: E402
     ConstantJudge,
     DeafBackend,
     FailingBackend,
@@ -24,7 +36,7 @@ from deepprune_lc.testing.fakes import (
     ScriptedJudge,
     SlowJudge,
 )
-from deepprune_lc.testing.judge_suite import JudgeConformanceTests
+from deepprune_lc.testing.judge_suite import JudgeConformanceTests  # noqa: E402
 
 __all__ = [
     "FINISH_REASONS",

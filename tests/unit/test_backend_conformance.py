@@ -3,11 +3,14 @@ backend, and the fault-injecting backend wrappers of ``deepprune_lc.testing``.""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import AsyncGenerator, AsyncIterator
+
 import pytest
 
 from deepprune_lc.backends import ReplayBackend
 from deepprune_lc.core.config import SamplingConfig
-from deepprune_lc.core.ports import GenerationBackend, TraceDelta, TraceRequest
+from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
 from deepprune_lc.testing import BackendConformanceTests, DeafBackend, FailingBackend
 
 PROMPT = "A synthetic question: what is the answer?"
@@ -67,3 +70,77 @@ async def test_deaf_backend_ignores_aborts() -> None:
     assert len(deltas) == 50 and deltas[-1].finish_reason == "length"
     assert deaf.abort_calls == ["r"]
     assert inner.live_requests() == set()
+
+
+# -- the suite catches broken backends --------------------------------------------------------------
+
+
+class _Wrapper:
+    """Delegates everything to a replay backend (subclasses break one rule)."""
+
+    def __init__(self, inner: ReplayBackend) -> None:
+        self.inner = inner
+
+    def stream(self, request: TraceRequest) -> AsyncIterator[TraceDelta]:
+        return self.inner.stream(request)
+
+    async def abort(self, request_id: str) -> None:
+        await self.inner.abort(request_id)
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        return self.inner.count_prompt_tokens(prompt)
+
+    def live_requests(self) -> set[str]:
+        return self.inner.live_requests()
+
+
+class _ReEmitting(_Wrapper):
+    """Resumes one token early, so the last kept token comes out twice."""
+
+    def stream(self, request: TraceRequest) -> AsyncIterator[TraceDelta]:
+        if request.resume_token_ids:
+            request = dataclasses.replace(request, resume_token_ids=request.resume_token_ids[:-1])
+        return self.inner.stream(request)
+
+
+class _Leaky(_Wrapper):
+    """Closing its stream does not close the engine's: the request stays live."""
+
+    def stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        inner = self.inner.stream(request)
+
+        async def relay() -> AsyncGenerator[TraceDelta, None]:
+            while True:
+                try:
+                    delta = await anext(inner)
+                except StopAsyncIteration:
+                    return
+                yield delta
+
+        self.kept = inner  # keeps the abandoned engine stream from being collected
+        return relay()
+
+
+def _replay() -> ReplayBackend:
+    return ReplayBackend.synthetic(8, 600, prompt=PROMPT, yield_every=1)
+
+
+async def test_the_suite_fails_a_backend_that_ignores_aborts() -> None:
+    suite = TestReplayBackendConformance()
+    deaf = DeafBackend(_replay())
+    with pytest.raises(AssertionError):
+        await suite.test_abort_mid_stream_keeps_exactly_the_tokens_produced(deaf)
+    with pytest.raises(AssertionError):
+        await suite.test_abort_before_the_first_token_ends_the_stream_with_abort(deaf)
+
+
+async def test_the_suite_fails_a_backend_whose_resume_repeats_a_token() -> None:
+    suite = TestReplayBackendConformance()
+    with pytest.raises(AssertionError):
+        await suite.test_resume_continues_token_exact(_ReEmitting(_replay()), "greedy")
+
+
+async def test_the_suite_fails_a_backend_that_leaks_closed_streams() -> None:
+    suite = TestReplayBackendConformance()
+    with pytest.raises(AssertionError, match="not in"):
+        await suite.test_closing_a_stream_early_leaves_nothing_live(_Leaky(_replay()))
