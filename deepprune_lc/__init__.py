@@ -40,7 +40,7 @@ if TYPE_CHECKING:
         TraceDelta,
         TraceRequest,
     )
-    from deepprune_lc.core.result import DeepPruneResult
+    from deepprune_lc.core.result import DeepPruneResult, RunSummary
     from deepprune_lc.judges.lexical import LexicalJudge
     from deepprune_lc.langchain.callbacks import DeepPruneCallbackHandler
     from deepprune_lc.langchain.chat_model import DeepPruneReasoner
@@ -74,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "TraceDelta": "deepprune_lc.core.ports",
     "TraceRequest": "deepprune_lc.core.ports",
     "DeepPruneResult": "deepprune_lc.core.result",
+    "RunSummary": "deepprune_lc.core.result",
     "ReplayBackend": "deepprune_lc.backends.replay",
     "TracePool": "deepprune_lc.backends.pool",
     "TracePoolError": "deepprune_lc.backends.pool",
@@ -107,6 +108,7 @@ __all__ = [
     "PruningConfig",
     "ReasoningWordsPrefix",
     "ReplayBackend",
+    "RunSummary",
     "SamplingConfig",
     "SelfConsistency",
     "TokensPrefix",

@@ -25,7 +25,7 @@ from deepprune_lc.core.ports import (
     TraceDelta,
     TraceRequest,
 )
-from deepprune_lc.core.result import DeepPruneResult
+from deepprune_lc.core.result import DeepPruneResult, RunSummary
 
 __all__ = [
     "DEFAULT_REASONING_WORDS",
@@ -43,6 +43,7 @@ __all__ = [
     "Prompt",
     "PruningConfig",
     "ReasoningWordsPrefix",
+    "RunSummary",
     "SamplingConfig",
     "TokensPrefix",
     "TraceDelta",

@@ -10,6 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# typing_extensions, not typing: before Python 3.12 pydantic accepts only its TypedDict, and the
+# schemas that embed RunSummary (graph states, API models) are built with pydantic (which depends
+# on typing_extensions).
+from typing_extensions import TypedDict
+
 TraceStatus = Literal["running", "parked", "finished", "pruned", "aborted"]
 #: Statuses a trace can end a run in. ``parked`` and ``running`` only exist mid-run.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"finished", "pruned", "aborted"})
@@ -75,6 +80,38 @@ class RunTotals(_Model):
     wall_time_s: float = 0.0
 
 
+class SummaryVote(TypedDict):
+    """One answer group of ``RunSummary.votes``."""
+
+    answer: str
+    weight: float
+
+
+class RunSummary(TypedDict):
+    """``DeepPruneResult.summary()``: the JSON-ready digest of a run.
+
+    It is ``AIMessage.response_metadata["deepprune"]``, what graph states store, and what
+    functions that judge a run (vote support, clarifying questions) read, so its keys are typed.
+    """
+
+    method: str
+    policy: str | None
+    answer: str | None
+    votes: list[SummaryVote]
+    #: The size of each cluster.
+    clusters: list[int]
+    #: How many traces ended in each status (``finished``, ``pruned``, ``aborted``).
+    trace_status: dict[str, int]
+    decoded_tokens: int
+    estimated_full_tokens: float | None
+    token_savings: float | None
+    judge_calls: int
+    judge_pairs: int
+    judge_prefill_tokens: int
+    wall_time_s: float
+    fallback: str | None
+
+
 class DeepPruneResult(_Model):
     """Everything a run decided and measured (see docs/method.md for the rules behind each field)."""
 
@@ -96,7 +133,7 @@ class DeepPruneResult(_Model):
     )
     error: str | None = None
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> RunSummary:
         """A compact, JSON-ready digest for logs, LangSmith metadata and ``response_metadata``."""
         counts: dict[str, int] = {}
         for trace in self.traces:

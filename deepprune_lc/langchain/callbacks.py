@@ -1,12 +1,14 @@
-"""DeepPrune decisions as LangChain callbacks, LangGraph custom stream chunks and child runs.
+"""DeepPrune decisions as LangChain callbacks and child runs.
 
 Every driver event becomes a LangChain custom event named after it (``deepprune.trace_pruned``,
 ...), dispatched on a child callback manager of the chat model's run, so handlers and
-``astream_events(version="v2")`` see it under that run's id. Inside a LangGraph graph the same
-events are also written to ``stream_mode="custom"`` (callback custom events do not reach that
-stream). Judge calls become child runs (``deepprune_judge``) of the model run, which is how they show
-up in LangSmith; LangSmith does not record custom events, so the summary also goes into
-``response_metadata``.
+``astream_events(version="v2")`` see it under that run's id. That is the one way events leave a
+chat-model call: to send them anywhere else, give the call a callback handler that forwards them
+(``DeepPruneCallbackHandler`` for typed methods; ``deepprune_langgraph`` has one that writes to a
+LangGraph graph's custom stream). Callers of ``DeepPruneReasoner.arun`` may also pass a
+``stream_writer``. Judge calls become child runs (``deepprune_judge``) of the model run, which is
+how they show up in LangSmith; LangSmith does not record custom events, so the summary also goes
+into ``response_metadata``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ from deepprune_lc.core.events import (
 from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair
 
 EVENT_TYPES_BY_NAME: dict[str, type[DeepPruneEvent]] = {t.name: t for t in ALL_EVENT_TYPES}
-#: Tag for the judge's own runs: LangGraph leaves runs tagged so out of its "messages" stream.
+#: Tag on the judge's child runs, inherited by every model call a judge makes: streaming consumers
+#: that honour it (LangGraph's "messages" stream) leave those calls' tokens out, since a judge's
+#: output is never part of the answer. A plain string: the tag is a convention, so the core needs no
+#: LangGraph to set it, and it is set on every path (a hand-written graph node gets it too).
 NOSTREAM_TAG = "nostream"
 
 
@@ -126,20 +131,8 @@ def child_manager(
     return manager.configure(inheritable_callbacks=manager)
 
 
-def langgraph_stream_writer() -> Callable[[Any], None] | None:
-    """LangGraph's custom-stream writer when running inside a graph node, else None."""
-    try:
-        from langgraph.config import get_stream_writer
-    except ImportError:
-        return None
-    try:
-        return get_stream_writer()
-    except (RuntimeError, KeyError, LookupError):
-        return None
-
-
 class EventBridge:
-    """Listener that forwards driver events to LangChain callbacks and the LangGraph stream.
+    """Listener that forwards driver events to LangChain callbacks and, if given, a stream writer.
 
     Async run managers get events through a single dispatcher task, so handlers see them in order
     without the driver waiting on them; ``aclose`` drains what is left before the model returns.

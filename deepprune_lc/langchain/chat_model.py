@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -38,7 +38,6 @@ from deepprune_lc.langchain.callbacks import (
     EventBridge,
     TracedJudge,
     child_manager,
-    langgraph_stream_writer,
 )
 from deepprune_lc.langchain.messages import messages_to_prompt, split_thinking
 from deepprune_lc.langchain.parameters import fold_standard_parameters
@@ -270,10 +269,18 @@ class DeepPruneReasoner(BaseChatModel):
         *,
         stop: list[str] | None = None,
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
-        stream_writer: Any = None,
+        stream_writer: Callable[[dict[str, Any]], None] | None = None,
         **kwargs: Any,
     ) -> DeepPruneResult:
-        """Run DeepPrune and return the full result (the chat-model methods wrap this)."""
+        """Run DeepPrune and return the full result (the chat-model methods wrap this).
+
+        Every event of the run is dispatched as a LangChain custom event on ``run_manager``'s run
+        (the chat-model methods pass theirs), so a callback handler in the call's config receives
+        it; that is how a chat-model call sends its events elsewhere (``deepprune_langgraph``'s
+        node adds a handler that writes them to the graph's custom stream). ``stream_writer``, for
+        direct callers of this method, is also called with ``{"event": name, "data": payload}``
+        for each event, from the loop the run executes on.
+        """
         if kwargs:
             raise TypeError(f"DeepPruneReasoner got unexpected arguments: {sorted(kwargs)}")
         if isinstance(messages, str):
@@ -286,8 +293,7 @@ class DeepPruneReasoner(BaseChatModel):
         judge: Judge = runner.judge
         if run_manager is not None:
             judge = TracedJudge(judge, child_manager(run_manager, NOSTREAM_TAG), str(self.judge))
-        writer = stream_writer if stream_writer is not None else langgraph_stream_writer()
-        bridge = EventBridge(run_manager, writer)
+        bridge = EventBridge(run_manager, stream_writer)
         call = DeepPrune(
             runner.backend, judge, runner.config, sampling=sampling, answers=runner.answers
         )
@@ -369,10 +375,7 @@ class DeepPruneReasoner(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        writer = langgraph_stream_writer()  # captured here: the loop thread has no graph context
-        result = run_sync(
-            self.arun(messages, stop=stop, run_manager=run_manager, stream_writer=writer, **kwargs)
-        )
+        result = run_sync(self.arun(messages, stop=stop, run_manager=run_manager, **kwargs))
         message = self._message(result)
         if run_manager is not None and self._reports_chunk(run_manager, **kwargs):
             chunk = self._report_chunk(message, run_manager.run_id)
@@ -388,8 +391,8 @@ class DeepPruneReasoner(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         """One chunk: the answer only exists once the traces have voted.
 
-        Progress (every pruning decision) streams as events meanwhile: LangGraph's custom stream,
-        and LangChain custom events where a run manager is available.
+        Progress (every pruning decision) streams as LangChain custom events meanwhile, where a run
+        manager is available.
         """
         result = await self.arun(messages, stop=stop, run_manager=run_manager, **kwargs)
         chunk = self._message(result, chunk=True)
@@ -402,10 +405,7 @@ class DeepPruneReasoner(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        writer = langgraph_stream_writer()
-        result = run_sync(
-            self.arun(messages, stop=stop, run_manager=run_manager, stream_writer=writer, **kwargs)
-        )
+        result = run_sync(self.arun(messages, stop=stop, run_manager=run_manager, **kwargs))
         yield ChatGenerationChunk(message=self._message(result, chunk=True))
 
 

@@ -15,11 +15,13 @@ from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 import pytest
+from deepprune_langgraph import with_stream_writer
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessageChunk, AnyMessage
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.tracers.context import collect_runs
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import StreamWriter
 from typing_extensions import TypedDict
 
 from deepprune_lc.backends.replay import ReplayBackend
@@ -324,6 +326,9 @@ async def test_astream_events_on_the_bare_model_ties_events_and_streams_the_answ
 
 
 # -- LangGraph ----------------------------------------------------------------------------------------
+# Hand-written nodes that call the model themselves. The reasoner's events reach the graph's custom
+# stream through the handler ``with_stream_writer`` adds (docs/langgraph.md); the model never looks
+# the graph's writer up itself.
 
 
 class State(TypedDict):
@@ -333,8 +338,8 @@ class State(TypedDict):
 def test_graph_streams_events_and_the_answer_once() -> None:
     model = make_model()
 
-    def reason(state: State) -> dict[str, Any]:
-        return {"messages": [model.invoke(state["messages"])]}
+    def reason(state: State, config: RunnableConfig, writer: StreamWriter) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"], with_stream_writer(config, writer))]}
 
     builder = StateGraph(State)
     builder.add_node("reason", reason)
@@ -361,12 +366,17 @@ async def test_a_node_that_streams_the_model_reports_events_and_the_answer_once(
 ) -> None:
     model = make_model()
 
-    async def reason_async(state: State) -> dict[str, Any]:
-        chunks = [chunk async for chunk in model.astream(state["messages"])]
+    async def reason_async(
+        state: State, config: RunnableConfig, writer: StreamWriter
+    ) -> dict[str, Any]:
+        call_config = with_stream_writer(config, writer)
+        chunks = [chunk async for chunk in model.astream(state["messages"], call_config)]
         return {"messages": chunks}
 
-    def reason_sync(state: State) -> dict[str, Any]:
-        return {"messages": list(model.stream(state["messages"]))}
+    def reason_sync(state: State, config: RunnableConfig, writer: StreamWriter) -> dict[str, Any]:
+        return {
+            "messages": list(model.stream(state["messages"], with_stream_writer(config, writer)))
+        }
 
     builder = StateGraph(State)
     builder.add_node("reason", reason_async if asynchronous else reason_sync)

@@ -1,9 +1,13 @@
 """deepprune-langgraph: DeepPrune parallel reasoning inside LangGraph graphs.
 
-- ``create_deepprune_node(model)``: a node (sync and async) that answers ``state["messages"]`` with a
-  ``DeepPruneReasoner`` and writes the answer and the run summary back; pruning decisions stream as
-  ``stream_mode="custom"`` chunks.
-- ``DeepPruneState``: ``MessagesState`` plus the run summary and the escalating graph's fields.
+- ``create_deepprune_node(model)``: a ``DeepPruneNode`` (sync and async) that answers
+  ``state["messages"]`` (or a message list) with a ``DeepPruneReasoner`` and writes the answer and
+  the run summary back; pruning decisions stream as ``stream_mode="custom"`` chunks;
+  ``on_error="record"`` keeps a failed run's partial summary in the state.
+- ``StreamWriterCallbackHandler`` / ``with_stream_writer(config, writer)``: the same custom-stream
+  events for a hand-written node that calls the reasoner itself.
+- ``DeepPruneState``: ``MessagesState`` plus the run summary (``RecordedSummary``) and the
+  escalating graph's fields.
 - ``create_escalating_graph(model, ...)``: answer, and when the traces' vote is weak, escalate (more
   traces, a stronger model, or a clarifying question).
 """
@@ -14,20 +18,31 @@ from deepprune_langgraph.escalation import (
     default_clarification,
     vote_support,
 )
-from deepprune_langgraph.node import create_deepprune_node
-from deepprune_langgraph.state import Attempt, DeepPruneState, Escalation, Route
+from deepprune_langgraph.node import (
+    DeepPruneNode,
+    OnError,
+    StreamWriterCallbackHandler,
+    create_deepprune_node,
+    with_stream_writer,
+)
+from deepprune_langgraph.state import Attempt, DeepPruneState, Escalation, RecordedSummary, Route
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ESCALATED_EVENT",
     "Attempt",
+    "DeepPruneNode",
     "DeepPruneState",
     "Escalation",
+    "OnError",
+    "RecordedSummary",
     "Route",
+    "StreamWriterCallbackHandler",
     "__version__",
     "create_deepprune_node",
     "create_escalating_graph",
     "default_clarification",
     "vote_support",
+    "with_stream_writer",
 ]

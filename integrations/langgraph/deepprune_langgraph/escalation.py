@@ -21,30 +21,25 @@ from typing import Any, get_args
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.runnables import RunnableConfig
+from langgraph._internal._runnable import RunnableCallable  # see node.py for why
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Checkpointer
+from langgraph.types import Checkpointer, StreamWriter
 
-from deepprune_langgraph.node import (
-    ainvoke_model,
-    invoke_model,
-    node_call_context,
-    read_messages,
-    run_summary,
-)
+from deepprune_langgraph.node import ainvoke_model, invoke_model, read_messages, run_summary
 from deepprune_langgraph.state import Attempt, DeepPruneState, Escalation, Route
-from deepprune_lc import DeepPruneReasoner, PruningConfig
+from deepprune_lc import DeepPruneReasoner, PruningConfig, RunSummary
 
 #: Custom-stream event written when the graph escalates (besides the reasoner's own events).
 ESCALATED_EVENT = "deepprune.escalated"
 _MAX_TRACES = 4096  # PruningConfig.n_traces' upper bound
 
-SupportFn = Callable[[Mapping[str, Any]], float]
-ClarifyFn = Callable[[Mapping[str, Any] | None], str]
+SupportFn = Callable[[RunSummary], float]
+ClarifyFn = Callable[[RunSummary | None], str]
 
 
-def vote_support(summary: Mapping[str, Any]) -> float:
+def vote_support(summary: RunSummary) -> float:
     """Share of the run's judged traces behind the answer, in [0, 1] (0 when nothing voted).
 
     ``winning weight / total weight`` of the vote, where the vote covers every cluster
@@ -65,9 +60,10 @@ def vote_support(summary: Mapping[str, Any]) -> float:
     return share
 
 
-def default_clarification(summary: Mapping[str, Any] | None) -> str:
+def default_clarification(summary: RunSummary | None) -> str:
     """The clarifying question the ``clarify`` step asks: it names the competing answers."""
-    votes = [v for v in (summary or {}).get("votes") or () if v.get("answer") is not None]
+    ballots = summary.get("votes") if summary is not None else None
+    votes = [v for v in ballots or () if v.get("answer") is not None]
     if not votes:
         return (
             "I could not reach an answer I am confident in. Could you clarify the question or add "
@@ -96,17 +92,6 @@ def _with_n_traces(model: DeepPruneReasoner, n_traces: int) -> DeepPruneReasoner
     fields = {name: getattr(model, name) for name in model.model_fields_set}
     fields["pruning"] = model.pruning.model_copy(update={"n_traces": n_traces})
     return type(model)(**fields)
-
-
-def _write_event(config: RunnableConfig, name: str, data: dict[str, Any]) -> None:
-    from langgraph.config import get_stream_writer
-
-    with node_call_context(config):
-        try:
-            writer = get_stream_writer()
-        except (RuntimeError, KeyError):  # not running inside a graph
-            return
-    writer({"event": name, "data": data})
 
 
 def _normalise_ladder(escalate: Escalation | Sequence[Escalation]) -> tuple[Escalation, ...]:
@@ -188,18 +173,18 @@ def create_escalating_graph(
     if stronger_model is not None:
         models["stronger_model"] = stronger_model
 
-    def answer_step(step: Route) -> RunnableLambda[Any, dict[str, Any]]:
+    def answer_step(step: Route) -> RunnableCallable:
         """A node that answers with ``models[step]``, replacing the previous answer if escalating."""
         chat_model = models[step]
 
         def prepare(
-            state: Mapping[str, Any], config: RunnableConfig
+            state: Mapping[str, Any], writer: StreamWriter
         ) -> tuple[list[BaseMessage], str | None]:
             messages = read_messages(state, "messages")
             if step == "direct":
                 return messages, None
             previous = messages[-1]  # the weakly supported answer this step replaces
-            _write_event(config, ESCALATED_EVENT, _escalation_data(step, state, threshold))
+            writer(_escalation_event(step, state, threshold))
             return messages[:-1], previous.id
 
         def update(
@@ -225,24 +210,31 @@ def create_escalating_graph(
                 "attempts": [*earlier, attempt],
             }
 
-        def run(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-            messages, replaces = prepare(state, config)
-            return update(state, invoke_model(chat_model, messages, config), replaces)
+        # LangGraph passes each body the node's config and the graph's stream writer.
+        def run(
+            state: Mapping[str, Any], config: RunnableConfig, writer: StreamWriter
+        ) -> dict[str, Any]:
+            messages, replaces = prepare(state, writer)
+            return update(state, invoke_model(chat_model, messages, config, writer), replaces)
 
-        async def arun(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-            messages, replaces = prepare(state, config)
-            return update(state, await ainvoke_model(chat_model, messages, config), replaces)
+        async def arun(
+            state: Mapping[str, Any], config: RunnableConfig, writer: StreamWriter
+        ) -> dict[str, Any]:
+            messages, replaces = prepare(state, writer)
+            message = await ainvoke_model(chat_model, messages, config, writer)
+            return update(state, message, replaces)
 
-        return RunnableLambda(run, afunc=arun, name="reason" if step == "direct" else step)
+        name = "reason" if step == "direct" else step
+        return RunnableCallable(run, arun, name=name, trace=False, recurse=False)
 
-    def clarify(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        _write_event(config, ESCALATED_EVENT, _escalation_data("clarify", state, threshold))
+    def clarify(state: Mapping[str, Any], writer: StreamWriter) -> dict[str, Any]:
+        writer(_escalation_event("clarify", state, threshold))
         previous = read_messages(state, "messages")[-1]
         question = AIMessage(clarification(state.get("deepprune")), id=previous.id)
         return {"messages": [question], "route": "clarify"}
 
-    async def aclarify(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        return clarify(state, config)
+    async def aclarify(state: Mapping[str, Any], writer: StreamWriter) -> dict[str, Any]:
+        return clarify(state, writer)
 
     def route_to(following: str) -> Callable[[Mapping[str, Any]], str]:
         """Edge function: END when the answer is supported well enough, else ``following``."""
@@ -255,9 +247,7 @@ def create_escalating_graph(
 
         return next_node
 
-    clarify_node: RunnableLambda[Any, dict[str, Any]] = RunnableLambda(
-        clarify, afunc=aclarify, name="clarify"
-    )
+    clarify_node = RunnableCallable(clarify, aclarify, name="clarify", trace=False, recurse=False)
     graph = StateGraph(DeepPruneState)
     graph.add_node("reason", answer_step("direct"))
     graph.add_edge(START, "reason")
@@ -270,10 +260,12 @@ def create_escalating_graph(
     return graph.compile(checkpointer=checkpointer, name=name)
 
 
-def _escalation_data(
+def _escalation_event(
     step: Escalation, state: Mapping[str, Any], threshold: float
 ) -> dict[str, Any]:
-    return {"step": step, "support": state.get("support"), "min_support": threshold}
+    """The custom-stream chunk an escalation step writes before it runs."""
+    data = {"step": step, "support": state.get("support"), "min_support": threshold}
+    return {"event": ESCALATED_EVENT, "data": data}
 
 
 __all__ = ["ESCALATED_EVENT", "create_escalating_graph", "default_clarification", "vote_support"]

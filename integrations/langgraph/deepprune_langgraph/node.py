@@ -1,54 +1,112 @@
-"""``create_deepprune_node``: a ``DeepPruneReasoner`` as a LangGraph node.
+"""``DeepPruneNode``: a ``DeepPruneReasoner`` as a LangGraph node.
 
 A chat model is not a node over a messages state: something has to read the conversation from the
-state, pass the node's ``config`` on (callbacks, tags, the stream writer), and write the answer and
-the run summary back. This module is that something, in a sync and an async twin (LangGraph calls
-the one matching ``invoke``/``ainvoke``), as LangGraph's ``ToolNode`` does for tools.
+state, pass the node's ``config`` on (callbacks, tags, tracing), hand the run the graph's stream
+writer, and write the answer and the run summary back. ``DeepPruneNode`` is that something, with a
+sync and an async body (LangGraph calls the one matching ``invoke``/``ainvoke``), built like
+LangGraph's own ``ToolNode``.
 
 Streams inside a graph:
 
 * ``stream_mode="custom"``: every DeepPrune decision as ``{"event": name, "data": payload}``. The
-  reasoner writes these itself through ``langgraph.config.get_stream_writer()``; the node runs the
-  model with the node's config installed as the current runnable config, so the writer is found in
-  sync and async execution alike (also on Python 3.10, where LangGraph cannot propagate the config
-  into async nodes on its own).
-* ``stream_mode="messages"``: the reasoner's final answer only. Model calls that the reasoner's judge
-  or backend make *without* an explicit config inherit a config tagged ``nostream``, so their tokens
-  stay out of the graph's messages stream (the reasoner itself is called with the node's own config,
-  untagged).
+  reasoner dispatches each decision as a LangChain custom event on its run; LangGraph's custom
+  stream does not receive callback events, so the node takes the graph's stream writer from the
+  runtime (LangGraph injects it as the body's ``writer`` argument) and adds a
+  ``StreamWriterCallbackHandler`` over it to the call's config. Nothing is looked up from context
+  variables, so this holds in sync and async graphs, on the background loop thread the reasoner's
+  sync path runs on, and on Python 3.10, where LangGraph cannot propagate the config into async
+  nodes.
+* ``stream_mode="messages"``: the reasoner's final answer only. The reasoner tags its judge's child
+  runs ``nostream`` itself, so tokens of a judge that calls a chat model stay out of that stream.
+
+A hand-written node that calls the reasoner does the same in one line::
+
+    def reason(state: MessagesState, config: RunnableConfig, writer: StreamWriter) -> dict:
+        return {"messages": [model.invoke(state["messages"], with_stream_writer(config, writer))]}
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast, get_args
+from uuid import UUID
 
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
-from langchain_core.runnables import RunnableConfig, RunnableLambda
-from langchain_core.runnables.config import var_child_runnable_config
-from langgraph.constants import TAG_NOSTREAM
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import merge_configs
 
-from deepprune_lc import DeepPruneReasoner
+# LangGraph's base for its own prebuilt nodes (ToolNode, ValidationNode): a runnable with sync and
+# async bodies whose ``config``/``writer``/``runtime`` parameters LangGraph fills in. It is not
+# re-exported under a public name; langgraph<2 is pinned, and the node's tests cover the parts
+# used here (body signatures, ``writer`` injection in and outside a graph).
+from langgraph._internal._runnable import RunnableCallable
+from langgraph.types import StreamWriter
+
+from deepprune_langgraph.state import RecordedSummary
+from deepprune_lc import DeepPruneError, DeepPruneReasoner, RunSummary
+
+#: What the node does when the run fails with a ``DeepPruneError``: ``"raise"`` it (the graph run
+#: fails), or ``"record"`` the partial run's summary with the error under ``summary_key``.
+OnError = Literal["raise", "record"]
+_EVENT_PREFIX = "deepprune."
 
 
-def _check_key(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name}: expected a non-empty state key, got {value!r}")
-    return value
+class StreamWriterCallbackHandler(BaseCallbackHandler):
+    """Writes a DeepPrune run's events to a LangGraph stream writer (``stream_mode="custom"``).
+
+    The reasoner dispatches every decision as a LangChain custom event on its run; this handler
+    writes each one as ``{"event": "deepprune.trace_pruned", "data": {...}}`` to ``writer``, the
+    chunk shape of the graph's custom stream. Other custom events are left alone. Add it to the
+    config of a reasoner call (``with_stream_writer`` does) inside a node whose body takes
+    ``writer: StreamWriter`` (or ``runtime: Runtime`` and uses ``runtime.stream_writer``).
+    """
+
+    #: Write in the dispatching thread, in order (never in an executor thread).
+    run_inline = True
+
+    def __init__(self, writer: StreamWriter) -> None:
+        self.writer = writer
+
+    def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if name.startswith(_EVENT_PREFIX):
+            self.writer({"event": name, "data": data})
 
 
-def read_messages(state: Mapping[str, Any], messages_key: str) -> list[BaseMessage]:
-    """The conversation under ``messages_key``, as LangChain messages."""
-    try:
-        messages = state[messages_key]
-    except (KeyError, TypeError):
+def with_stream_writer(config: RunnableConfig | None, writer: StreamWriter) -> RunnableConfig:
+    """``config`` with a ``StreamWriterCallbackHandler(writer)`` added to its callbacks.
+
+    For a hand-written node that calls the reasoner: pass the node's own ``config`` (so the graph's
+    callbacks, tags and tracing still see the call) and the ``writer`` LangGraph gave the node.
+    The handler is added next to the config's callbacks, whether they are a list or a manager.
+    """
+    return merge_configs(config, {"callbacks": [StreamWriterCallbackHandler(writer)]})
+
+
+def read_messages(state: object, messages_key: str) -> list[BaseMessage]:
+    """The conversation under ``messages_key`` of a state (mapping or attributes), as messages."""
+    if isinstance(state, Mapping):
+        found = messages_key in state
+        messages = state.get(messages_key)
+    else:
+        found = hasattr(state, messages_key)
+        messages = getattr(state, messages_key, None)
+    if not found:
         keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
         raise KeyError(
             f"the graph state has no {messages_key!r} key (it has {keys}); pass "
             "messages_key=... to name the key that holds the conversation"
-        ) from None
+        )
     if isinstance(messages, BaseMessage | str | dict | tuple):
         messages = [messages]
     if not isinstance(messages, Sequence):
@@ -56,39 +114,29 @@ def read_messages(state: Mapping[str, Any], messages_key: str) -> list[BaseMessa
     return convert_to_messages(messages)
 
 
-@contextmanager
-def node_call_context(config: RunnableConfig) -> Iterator[RunnableConfig]:
-    """Install the node's config for everything the model does, and return the config to call it with.
-
-    Inside the block, code that looks up the current runnable config (``get_stream_writer``, a
-    LangChain model called without ``config``) sees the node's config with the ``nostream`` tag
-    added: the reasoner finds the graph's stream writer, and model calls made by its judge or backend
-    are kept out of ``stream_mode="messages"``. The yielded config (the node's own, without that
-    tag) is the one the reasoner itself is called with, so its answer is streamed.
-    """
-    tags = list(config.get("tags") or [])
-    implicit: RunnableConfig = {**config, "tags": [*tags, TAG_NOSTREAM]}
-    token = var_child_runnable_config.set(implicit)
-    try:
-        yield {**config, "tags": tags}
-    finally:
-        var_child_runnable_config.reset(token)
+def node_messages(input: object, messages_key: str) -> list[BaseMessage]:
+    """The conversation a node answers: ``input`` itself if it is a list, else its state key."""
+    if isinstance(input, list):
+        return convert_to_messages(input)
+    return read_messages(input, messages_key)
 
 
 def invoke_model(
-    model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    writer: StreamWriter,
 ) -> AIMessage:
-    with node_call_context(config) as call_config:
-        message = model.invoke(messages, call_config)
-    return _as_ai_message(message)
+    return _as_ai_message(model.invoke(messages, with_stream_writer(config, writer)))
 
 
 async def ainvoke_model(
-    model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    writer: StreamWriter,
 ) -> AIMessage:
-    with node_call_context(config) as call_config:
-        message = await model.ainvoke(messages, call_config)
-    return _as_ai_message(message)
+    return _as_ai_message(await model.ainvoke(messages, with_stream_writer(config, writer)))
 
 
 def _as_ai_message(message: BaseMessage) -> AIMessage:
@@ -97,10 +145,105 @@ def _as_ai_message(message: BaseMessage) -> AIMessage:
     return message
 
 
-def run_summary(message: AIMessage) -> dict[str, Any] | None:
+def run_summary(message: AIMessage) -> RunSummary | None:
     """``DeepPruneResult.summary()`` of the run behind a reasoner's message (None for other models)."""
     summary = message.response_metadata.get("deepprune")
-    return dict(summary) if isinstance(summary, Mapping) else None
+    return cast(RunSummary, dict(summary)) if isinstance(summary, Mapping) else None
+
+
+def _check_key(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name}: expected a non-empty state key, got {value!r}")
+    return value
+
+
+class DeepPruneNode(RunnableCallable):
+    """A LangGraph node that answers a conversation with a ``DeepPruneReasoner``.
+
+    Input: a graph state holding the conversation under ``messages_key`` (a mapping such as
+    ``DeepPruneState``, or an object with that attribute, such as a pydantic state), or the
+    conversation itself as a list of messages. Output: the state update
+    ``{messages_key: [answer], summary_key: summary}``, the reasoner's ``AIMessage`` (appended by an
+    ``add_messages`` reducer) and ``DeepPruneResult.summary()`` of its run.
+
+    ``on_error`` decides what a failed run (a ``DeepPruneError``: the backend or, with
+    ``on_judge_error="raise"``, the judge failed) does to the graph:
+
+    * ``"raise"`` (default): the error propagates and the graph run fails, as any node error does;
+      the partial run is in the error's ``partial_result``.
+    * ``"record"``: the node returns ``{summary_key: {**partial_summary, "error": "..."}}`` and no
+      message, so the conversation is left as it was and the graph can route on
+      ``state[summary_key].get("error")`` (retry, a fallback model, an apology). Other errors (a
+      missing state key, bad input) still raise.
+
+    The node's ``config`` is passed on to the model, so callbacks (``DeepPruneCallbackHandler``),
+    tags, metadata and LangSmith tracing see the run under the node; LangGraph's stream writer is
+    passed on through a ``StreamWriterCallbackHandler`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model: DeepPruneReasoner,
+        *,
+        messages_key: str = "messages",
+        summary_key: str = "deepprune",
+        name: str = "deepprune",
+        on_error: OnError = "raise",
+    ) -> None:
+        if not isinstance(model, DeepPruneReasoner):
+            raise TypeError(
+                f"model: expected a DeepPruneReasoner, got {type(model).__name__}; for another "
+                "chat model write a plain node that calls model.invoke(state['messages'], config)"
+            )
+        messages_key = _check_key("messages_key", messages_key)
+        summary_key = _check_key("summary_key", summary_key)
+        if messages_key == summary_key:
+            raise ValueError(f"messages_key and summary_key must differ, both are {messages_key!r}")
+        if on_error not in get_args(OnError):
+            raise ValueError(f"on_error: expected one of {get_args(OnError)}, got {on_error!r}")
+        # trace=False, as for LangGraph's own nodes: in a graph the node's task is the chain run,
+        # and the model's run nests directly under it.
+        super().__init__(
+            self._answer, self._aanswer, name=_check_key("name", name), trace=False, recurse=False
+        )
+        self.model = model
+        self.messages_key = messages_key
+        self.summary_key = summary_key
+        self.on_error: OnError = on_error
+
+    def _answer(
+        self, input: object, config: RunnableConfig, writer: StreamWriter
+    ) -> dict[str, Any]:
+        messages = node_messages(input, self.messages_key)
+        try:
+            message = invoke_model(self.model, messages, config, writer)
+        except DeepPruneError as error:
+            return self._failed(error)
+        return self._answered(message)
+
+    async def _aanswer(
+        self, input: object, config: RunnableConfig, writer: StreamWriter
+    ) -> dict[str, Any]:
+        messages = node_messages(input, self.messages_key)
+        try:
+            message = await ainvoke_model(self.model, messages, config, writer)
+        except DeepPruneError as error:
+            return self._failed(error)
+        return self._answered(message)
+
+    def _answered(self, message: AIMessage) -> dict[str, Any]:
+        return {self.messages_key: [message], self.summary_key: run_summary(message)}
+
+    def _failed(self, error: DeepPruneError) -> dict[str, Any]:
+        """The ``on_error`` policy. Without a partial result there is nothing to record: raise."""
+        partial = error.partial_result
+        if self.on_error == "raise" or partial is None:
+            raise error
+        recorded: RecordedSummary = {
+            **partial.summary(),
+            "error": f"{type(error).__name__}: {error}",
+        }
+        return {self.summary_key: recorded}
 
 
 def create_deepprune_node(
@@ -109,7 +252,8 @@ def create_deepprune_node(
     messages_key: str = "messages",
     summary_key: str = "deepprune",
     name: str = "deepprune",
-) -> RunnableLambda[Any, dict[str, Any]]:
+    on_error: OnError = "raise",
+) -> DeepPruneNode:
     """A LangGraph node that answers the conversation in ``state[messages_key]`` with DeepPrune.
 
     The node returns ``{messages_key: [answer], summary_key: summary}``: the reasoner's ``AIMessage``
@@ -120,30 +264,20 @@ def create_deepprune_node(
         graph = StateGraph(DeepPruneState)
         graph.add_node("reason", create_deepprune_node(model))
 
-    The node's ``config`` is passed on to the model, so callbacks (``DeepPruneCallbackHandler``),
-    tags, metadata and LangSmith tracing see the run under the node. Pruning decisions stream as
-    ``stream_mode="custom"`` chunks ``{"event": "deepprune.trace_pruned", "data": {...}}``.
+    Pruning decisions stream as ``stream_mode="custom"`` chunks
+    ``{"event": "deepprune.trace_pruned", "data": {...}}``. ``on_error="record"`` writes a failed
+    run's partial summary and the error into ``state[summary_key]`` instead of failing the graph
+    run. See ``DeepPruneNode``.
     """
-    if not isinstance(model, DeepPruneReasoner):
-        raise TypeError(
-            f"model: expected a DeepPruneReasoner, got {type(model).__name__}; for another chat "
-            "model write a plain node that calls model.invoke(state['messages'], config)"
-        )
-    messages_key = _check_key("messages_key", messages_key)
-    summary_key = _check_key("summary_key", summary_key)
-    if messages_key == summary_key:
-        raise ValueError(f"messages_key and summary_key must differ, both are {messages_key!r}")
-
-    def update(message: AIMessage) -> dict[str, Any]:
-        return {messages_key: [message], summary_key: run_summary(message)}
-
-    def deepprune_node(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        return update(invoke_model(model, read_messages(state, messages_key), config))
-
-    async def adeepprune_node(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        return update(await ainvoke_model(model, read_messages(state, messages_key), config))
-
-    return RunnableLambda(deepprune_node, afunc=adeepprune_node, name=_check_key("name", name))
+    return DeepPruneNode(
+        model, messages_key=messages_key, summary_key=summary_key, name=name, on_error=on_error
+    )
 
 
-__all__ = ["create_deepprune_node"]
+__all__ = [
+    "DeepPruneNode",
+    "OnError",
+    "StreamWriterCallbackHandler",
+    "create_deepprune_node",
+    "with_stream_writer",
+]

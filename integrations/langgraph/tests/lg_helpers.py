@@ -103,6 +103,13 @@ def stream_chunks(
     return asyncio.run(collect())
 
 
+def call_node(node: Any, inputs: Any, *, asynchronous: bool, **kwargs: Any) -> dict[str, Any]:
+    """``node.invoke`` or ``node.ainvoke`` outside any graph (``kwargs`` go to the call)."""
+    if not asynchronous:
+        return dict(node.invoke(inputs, **kwargs))
+    return dict(asyncio.run(node.ainvoke(inputs, **kwargs)))
+
+
 def run_graph(
     graph: Any, inputs: dict[str, Any], *, asynchronous: bool, config: dict[str, Any] | None = None
 ) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""``create_deepprune_node`` in compiled graphs: answers, state keys, and the three stream modes."""
+"""``create_deepprune_node`` in compiled graphs: answers, state keys, the three stream modes, the
+writer the node hands the run, and the error policy."""
 
 from __future__ import annotations
 
@@ -8,19 +9,36 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import pytest
-from deepprune_langgraph import DeepPruneState, create_deepprune_node
+from deepprune_langgraph import (
+    DeepPruneNode,
+    DeepPruneState,
+    RecordedSummary,
+    create_deepprune_node,
+    with_stream_writer,
+)
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph import START, StateGraph
+from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
-from lg_helpers import reasoner, run_graph, stream_chunks
+from langgraph.types import StreamWriter
+from lg_helpers import PRUNING, call_node, reasoner, run_graph, stream_chunks
 from typing_extensions import TypedDict
 
-from deepprune_lc import DeepPruneCallbackHandler, JudgeScores, LexicalJudge, PrefixPair
+from deepprune_lc import (
+    DeepPruneCallbackHandler,
+    DeepPruneReasoner,
+    GenerationError,
+    JudgeScores,
+    LexicalJudge,
+    PrefixPair,
+    ReplayBackend,
+    RunSummary,
+)
 from deepprune_lc.core.events import ALL_EVENT_TYPES, TracePruned
 from deepprune_lc.demo import load_demo_pool
+from deepprune_lc.testing import FailingBackend
 
 EVENT_NAMES = {t.name for t in ALL_EVENT_TYPES}
 
@@ -217,6 +235,7 @@ def test_missing_messages_key_is_named() -> None:
         ({"summary_key": None}, "summary_key"),
         ({"messages_key": "x", "summary_key": "x"}, "must differ"),
         ({"name": ""}, "name"),
+        ({"on_error": "ignore"}, "on_error"),
     ],
 )
 def test_bad_keys_fail_at_construction(kwargs: dict[str, Any], error: str) -> None:
@@ -228,3 +247,151 @@ def test_node_needs_a_deepprune_reasoner() -> None:
     plain = GenericFakeChatModel(messages=iter([AIMessage("hi")]))
     with pytest.raises(TypeError, match="DeepPruneReasoner"):
         create_deepprune_node(plain)  # type: ignore[arg-type]
+
+
+# -- input forms -----------------------------------------------------------------------------------
+
+
+def test_node_is_a_deepprune_node_and_its_summary_is_a_run_summary(bakery: str) -> None:
+    node = create_deepprune_node(reasoner())
+    assert isinstance(node, DeepPruneNode)
+    update = node.invoke({"messages": [bakery]})
+    # RunSummary types every key DeepPruneResult.summary() writes, and no other.
+    assert set(update["deepprune"]) == set(RunSummary.__required_keys__)
+    assert RecordedSummary.__optional_keys__ == {"error"}
+
+
+def test_node_answers_a_message_list(bakery: str, asynchronous: bool) -> None:
+    """The conversation itself as the input: the update is the same as for a state."""
+    node = create_deepprune_node(reasoner(), messages_key="chat", summary_key="run")
+    conversation = [HumanMessage(bakery)]
+
+    update = call_node(node, conversation, asynchronous=asynchronous)
+
+    (answer,) = update["chat"]
+    assert isinstance(answer, AIMessage) and "\\boxed{216}" in answer.text
+    assert update["run"] == answer.response_metadata["deepprune"]
+    assert update["run"]["answer"] == "216"
+
+
+# -- the stream writer -----------------------------------------------------------------------------
+
+
+def test_node_hands_the_run_the_writer_it_is_given(bakery: str, asynchronous: bool) -> None:
+    """Outside any graph (no runtime, no context to look a writer up in) the ``writer`` argument
+    LangGraph fills in from its runtime is what the run writes to."""
+    node = create_deepprune_node(reasoner())
+    written: list[dict[str, Any]] = []
+
+    update = call_node(
+        node, {"messages": [bakery]}, asynchronous=asynchronous, writer=written.append
+    )
+
+    names = [chunk["event"] for chunk in written]
+    assert set(names) <= EVENT_NAMES
+    assert "deepprune.trace_pruned" in names and names[-1] == "deepprune.run_completed"
+    completed = written[-1]["data"]["result"]
+    assert completed["answer"] == update["deepprune"]["answer"] == "216"
+
+
+def test_custom_stream_gets_the_runtime_writer_events(bakery: str, asynchronous: bool) -> None:
+    """In a graph, the writer comes from the graph's runtime: each run's events, once, in order."""
+    graph = one_node_graph(create_deepprune_node(reasoner()))
+
+    chunks = stream_chunks(graph, {"messages": [bakery]}, ["custom"], asynchronous=asynchronous)
+
+    names = [chunk["event"] for _mode, chunk in chunks]
+    assert names.count("deepprune.run_completed") == 1 and names[-1] == "deepprune.run_completed"
+    assert names.count("deepprune.vote") == 1
+    started = [c["data"]["trace_id"] for _m, c in chunks if c["event"] == "deepprune.trace_started"]
+    assert sorted(set(started)) == list(range(PRUNING.n_traces))
+
+
+def test_a_hand_written_node_streams_events_through_with_stream_writer(
+    bakery: str, asynchronous: bool
+) -> None:
+    """The reasoner never looks the graph's writer up itself: a hand-written node hands it over
+    with ``with_stream_writer``, and without it the custom stream stays empty."""
+    model = reasoner()
+
+    def plain(state: DeepPruneState, config: RunnableConfig) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"], config)]}
+
+    def wired(
+        state: DeepPruneState, config: RunnableConfig, writer: StreamWriter
+    ) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"], with_stream_writer(config, writer))]}
+
+    async def awired(
+        state: DeepPruneState, config: RunnableConfig, writer: StreamWriter
+    ) -> dict[str, Any]:
+        message = await model.ainvoke(state["messages"], with_stream_writer(config, writer))
+        return {"messages": [message]}
+
+    inputs = {"messages": [bakery]}
+    unwired = stream_chunks(one_node_graph(plain), inputs, ["custom"], asynchronous=asynchronous)
+    node = awired if asynchronous else wired
+    chunks = stream_chunks(one_node_graph(node), inputs, ["custom"], asynchronous=asynchronous)
+
+    assert unwired == []
+    names = [chunk["event"] for _mode, chunk in chunks]
+    assert "deepprune.trace_pruned" in names and names[-1] == "deepprune.run_completed"
+
+
+# -- the error policy ------------------------------------------------------------------------------
+
+
+def failing_reasoner() -> DeepPruneReasoner:
+    """Trace 0 raises after 60 tokens: past the 40-token prefix, so clusters have formed."""
+    backend = FailingBackend(
+        ReplayBackend(load_demo_pool(), yield_every=1), trace_index=0, after=60
+    )
+    return DeepPruneReasoner(backend=backend, judge="lexical", pruning=PRUNING)
+
+
+def test_a_failed_run_raises_by_default(bakery: str, asynchronous: bool) -> None:
+    graph = one_node_graph(create_deepprune_node(failing_reasoner()))
+
+    with pytest.raises(GenerationError, match="engine died") as raised:
+        run_graph(graph, {"messages": [bakery]}, asynchronous=asynchronous)
+
+    assert raised.value.partial_result is not None
+    assert raised.value.partial_result.totals.decoded_tokens > 0
+
+
+def test_record_writes_the_partial_summary_and_the_graph_routes_on_it(
+    bakery: str, asynchronous: bool
+) -> None:
+    """``on_error="record"``: no answer message, the partial run's summary with the error, and a
+    graph that branches on it."""
+
+    def apologise(state: DeepPruneState) -> dict[str, Any]:
+        return {"messages": [AIMessage("Sorry, the reasoning engine failed.")]}
+
+    graph = StateGraph(DeepPruneState)
+    graph.add_node("reason", create_deepprune_node(failing_reasoner(), on_error="record"))
+    graph.add_node("apologise", apologise)
+    graph.add_edge(START, "reason")
+    graph.add_conditional_edges(
+        "reason", lambda state: "apologise" if state["deepprune"].get("error") else END
+    )
+
+    state = run_graph(graph.compile(), {"messages": [bakery]}, asynchronous=asynchronous)
+
+    summary = state["deepprune"]
+    assert summary["error"].startswith("GenerationError: trace 0 failed mid-stream")
+    assert "engine died" in summary["error"]
+    # The partial run up to the failure is kept, not lost.
+    assert sum(summary["trace_status"].values()) == PRUNING.n_traces
+    assert summary["decoded_tokens"] > 0 and summary["judge_calls"] >= 1
+    assert sum(summary["clusters"]) >= 1
+    assert summary["answer"] is None and summary["fallback"] == "error"
+    assert set(summary) == set(RunSummary.__required_keys__) | {"error"}
+    # No answer was appended: only the question and the graph's own reply.
+    assert [m.text for m in state["messages"]] == [bakery, "Sorry, the reasoning engine failed."]
+
+
+def test_record_still_raises_errors_that_are_not_run_failures() -> None:
+    node = create_deepprune_node(failing_reasoner(), on_error="record", messages_key="chat")
+    with pytest.raises(KeyError, match="no 'chat' key"):
+        node.invoke({"messages": ["hi"]})
