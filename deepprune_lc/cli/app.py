@@ -239,7 +239,7 @@ def _model_demo(
     judge_midpoint: float | None,
     listeners: list[EventListener],
 ) -> None:
-    from deepprune_lc.runtime.specs import resolve_backend
+    from deepprune_lc.runtime.registry import resolve_backend
 
     midpoint = DEMO_MODEL_JUDGE_MIDPOINT if judge_midpoint is None else judge_midpoint
     try:

@@ -2,15 +2,49 @@
 
 The only layer that knows about concurrency, deadlines and cancellation. It depends on the core and
 on the core's adapters (replay backend, lexical judge) through the spec registry, never on LangChain.
+The registry (``registry.py``) finds backend and judge kinds through the ``deepprune.backends`` /
+``deepprune.judges`` entry points, or ``register_backend`` / ``register_judge`` from code.
 """
 
 from deepprune_lc.runtime.loop import background_loop, run_sync
+from deepprune_lc.runtime.registry import (
+    BACKEND_GROUP,
+    JUDGE_GROUP,
+    BackendFactory,
+    JudgeFactory,
+    backend_kinds,
+    check_backend_spec,
+    check_judge_spec,
+    judge_kinds,
+    refresh_plugins,
+    register_backend,
+    register_judge,
+    resolve_backend,
+    resolve_judge,
+    unregister_backend,
+    unregister_judge,
+)
 from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
 
 __all__ = [
+    "BACKEND_GROUP",
+    "JUDGE_GROUP",
+    "BackendFactory",
     "DeepPrune",
     "EarlyStoppingSelfConsistency",
+    "JudgeFactory",
     "SelfConsistency",
+    "backend_kinds",
     "background_loop",
+    "check_backend_spec",
+    "check_judge_spec",
+    "judge_kinds",
+    "refresh_plugins",
+    "register_backend",
+    "register_judge",
+    "resolve_backend",
+    "resolve_judge",
     "run_sync",
+    "unregister_backend",
+    "unregister_judge",
 ]

@@ -22,7 +22,6 @@ from langchain_core.messages import (
 )
 from pydantic import BaseModel, ValidationError
 
-from deepprune_lc.runtime import specs
 from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
 from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.core.config import PruningConfig, SamplingConfig, TokensPrefix
@@ -34,6 +33,7 @@ from deepprune_lc.judges.lexical import LexicalJudge
 from deepprune_lc.langchain.callbacks import DeepPruneCallbackHandler
 from deepprune_lc.langchain.chat_model import DeepPruneReasoner
 from deepprune_lc.langchain.messages import split_thinking
+from deepprune_lc.runtime import registry
 
 POOL = load_demo_pool()
 PRUNING = PruningConfig(n_traces=8, prefix=TokensPrefix(k=40), finalists=3)
@@ -65,8 +65,8 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dic
     """An empty shared-engine registry for this test (restored afterwards)."""
     backends: dict[str, Any] = {}
     judges: dict[str, Any] = {}
-    monkeypatch.setattr(specs, "_backends", backends)
-    monkeypatch.setattr(specs, "_judges", judges)
+    monkeypatch.setattr(registry, "_backends", backends)
+    monkeypatch.setattr(registry, "_judges", judges)
     return backends, judges
 
 
@@ -585,19 +585,6 @@ def test_model_copy_with_new_pruning_runs_with_the_new_settings() -> None:
     assert sum(statuses.values()) == 8
 
 
-def test_judge_an_installed_integration_lacks_fails_clearly(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from deepprune_lc.runtime import specs
-
-    # An older integration release without the factory: point the kind at a name that is missing.
-    monkeypatch.setitem(
-        specs.JUDGE_KINDS, "embedding", ("deepprune_lc.judges", "no_such_factory", "deepprune-x")
-    )
-    with pytest.raises(NotImplementedError, match=r"deepprune-x does not provide it"):
-        specs.resolve_judge("embedding:older-release")
-
-
 def test_runner_is_reused_across_calls_and_rebuilt_on_new_settings() -> None:
     from deepprune_lc.core.answers import AnswerRules
 
@@ -606,3 +593,58 @@ def test_runner_is_reused_across_calls_and_rebuilt_on_new_settings() -> None:
     assert model._deepprune() is first  # same specs: no rebuild, even with partial-based rules
     copy = model.model_copy(update={"sampling": model.sampling.model_copy(update={"top_p": 0.5})})
     assert copy._deepprune() is not first
+
+
+class CountingJudge(LexicalJudge):
+    """The lexical judge, counting the batches it scores (to see which judge a run used)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def score(self, pairs: Any) -> Any:
+        self.calls += 1
+        return await super().score(pairs)
+
+
+def test_model_copy_with_a_new_judge_runs_with_that_judge() -> None:
+    first, other = CountingJudge(), CountingJudge()
+    model = make_model(judge=first)
+    assert model.invoke(BAKERY).response_metadata["deepprune"]["judge_calls"] >= 1
+    used_by_first = first.calls
+    assert used_by_first >= 1
+
+    copy = model.model_copy(update={"judge": other})
+    summary = copy.invoke(BAKERY).response_metadata["deepprune"]
+    assert other.calls == summary["judge_calls"] >= 1
+    assert first.calls == used_by_first  # the original's judge took no part
+    assert copy._deepprune().judge is other
+    assert model._deepprune().judge is first
+
+
+def test_model_copy_with_a_new_backend_runs_on_that_backend(
+    recorded_requests: list[tuple[int, TraceRequest]],
+) -> None:
+    first = ReplayBackend(POOL, yield_every=1)
+    other = ReplayBackend(POOL, yield_every=1)
+    model = make_model(first)
+    model.invoke(BAKERY)
+    assert {backend for backend, _ in recorded_requests} == {id(first)}
+
+    recorded_requests.clear()
+    copy = model.model_copy(update={"backend": other})
+    assert copy.invoke(BAKERY).response_metadata["deepprune"]["answer"] == "216"
+    assert recorded_requests and {backend for backend, _ in recorded_requests} == {id(other)}
+    assert copy._deepprune().backend is other
+    assert model._deepprune().backend is first
+
+
+def test_model_copy_with_a_new_spec_string_resolves_it(fresh_registry: Any) -> None:
+    model = DeepPruneReasoner(backend="replay:demo", judge="lexical", pruning=PRUNING)
+    model.invoke(BAKERY)
+    copy = model.model_copy(update={"judge": "lexical?midpoint=0.9"})
+    copy.invoke(BAKERY)
+    backends, judges = fresh_registry
+    assert set(judges) == {"lexical", "lexical?midpoint=0.9"}
+    assert copy._deepprune().judge is judges["lexical?midpoint=0.9"]
+    assert copy._deepprune().backend is model._deepprune().backend is backends["replay:demo"]

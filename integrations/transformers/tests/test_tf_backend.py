@@ -15,9 +15,10 @@ import pytest
 from deepprune_transformers import TransformersBackend, backend_from_spec
 
 from deepprune_lc import DeepPrune, LexicalJudge, PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.core import SpecError, parse_spec
 from deepprune_lc.core.events import DeepPruneEvent, TracePruned
 from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
-from deepprune_lc.runtime.specs import resolve_backend
+from deepprune_lc.runtime import resolve_backend
 
 PROMPT: Prompt = [{"role": "user", "content": "What is 6 times 7? Think step by step."}]
 _ids = iter(range(10**9))
@@ -78,7 +79,7 @@ def test_hub_ids_and_missing_paths_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="local models only"):
         TransformersBackend("someone/some-model-that-is-not-cached")
     with pytest.raises(ValueError, match="not a local directory"):
-        backend_from_spec(str(tmp_path / "missing"))
+        backend_from_spec(parse_spec(f"transformers:{tmp_path / 'missing'}"))
     with pytest.raises(ValueError, match="max_batch_size"):
         TransformersBackend(tmp_path, max_batch_size=0)
 
@@ -87,7 +88,9 @@ def test_specs_resolve_through_the_core(tiny_model_dir: Path) -> None:
     backend = resolve_backend(f"transformers:{tiny_model_dir}")
     assert isinstance(backend, TransformersBackend)
     assert resolve_backend(f"transformers:{tiny_model_dir}") is backend  # shared
-    smollm2 = backend_from_spec("smollm2")
+    with pytest.raises(SpecError, match="takes no options"):
+        resolve_backend(f"transformers:{tiny_model_dir}?device=cpu")
+    smollm2 = backend_from_spec(parse_spec("transformers:smollm2"))
     assert smollm2.model_name == "SmolLM2-135M-Instruct"
     assert smollm2._engine is None
 

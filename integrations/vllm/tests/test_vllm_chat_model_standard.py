@@ -18,7 +18,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 from vllm_helpers import ENGINE_KWARGS
 
-from deepprune_lc.runtime.specs import resolve_backend
+from deepprune_lc.runtime import resolve_backend
 from deepprune_lc.testing import (
     IntegrationSuiteSettings,
     UnitSuiteSettings,

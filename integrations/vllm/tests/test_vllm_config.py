@@ -8,11 +8,12 @@ import types
 
 import deepprune_vllm
 import pytest
-from deepprune_vllm import VLLMBackend, backend_from_spec, parse_spec
+from deepprune_vllm import VLLMBackend, backend_from_spec, spec_arguments
 from deepprune_vllm.sampling import build_sampling_params, check_sampling_overrides, trace_seed
 
 from deepprune_lc import SamplingConfig
-from deepprune_lc.runtime.specs import resolve_backend
+from deepprune_lc.core import parse_spec
+from deepprune_lc.runtime import resolve_backend
 
 MODEL = "/nonexistent/model-for-config-tests"
 
@@ -57,26 +58,31 @@ def test_equal_engine_arguments_share_one_engine() -> None:
     c = VLLMBackend(MODEL, dtype="float32", max_model_len=256)
     assert a.engine is b.engine
     assert a.engine is not c.engine
-    assert backend_from_spec(f"{MODEL}?dtype=float32&max_model_len=512").engine is a.engine
+    assert (
+        backend_from_spec(parse_spec(f"vllm:{MODEL}?dtype=float32&max_model_len=512")).engine
+        is a.engine
+    )
 
 
 def test_spec_parsing() -> None:
-    assert parse_spec("Qwen/Qwen3-8B") == ("Qwen/Qwen3-8B", {})
-    model, kwargs = parse_spec("m?enforce_eager=true&max_model_len=1024&gpu_memory_utilization=0.5")
+    assert spec_arguments(parse_spec("vllm:Qwen/Qwen3-8B")) == ("Qwen/Qwen3-8B", {})
+    model, kwargs = spec_arguments(
+        parse_spec("vllm:m?enforce_eager=true&max_model_len=1024&gpu_memory_utilization=0.5")
+    )
     assert (model, kwargs) == (
         "m",
         {"enforce_eager": True, "max_model_len": 1024, "gpu_memory_utilization": 0.5},
     )
-    backend = backend_from_spec("m?logprobs=3&model_name=tiny&dtype=float32")
+    backend = backend_from_spec(parse_spec("vllm:m?logprobs=3&model_name=tiny&dtype=float32"))
     assert (backend.logprobs, backend.model_name, backend.engine_args["dtype"]) == (
         3,
         "tiny",
         "float32",
     )
     with pytest.raises(ValueError, match="twice"):
-        parse_spec("m?dtype=a&dtype=b")
+        parse_spec("vllm:m?dtype=a&dtype=b")
     with pytest.raises(ValueError, match="unknown vLLM engine"):
-        backend_from_spec("m?not_an_arg=1")
+        backend_from_spec(parse_spec("vllm:m?not_an_arg=1"))
 
 
 def test_core_specs_resolve_to_this_backend() -> None:

@@ -26,7 +26,7 @@ from deepprune_lc import (
 )
 from deepprune_lc.core.events import DeepPruneEvent, TraceStarted
 from deepprune_lc.core.ports import Prompt
-from deepprune_lc.runtime.specs import resolve_backend
+from deepprune_lc.runtime import resolve_backend
 
 CHAT = [{"role": "user", "content": QUESTION}]
 

@@ -10,8 +10,8 @@ from deepprune_vllm.judge import _yes_probability
 from vllm_helpers import ENGINE_KWARGS, QUESTION
 
 from deepprune_lc import DeepPrune, PrefixPair, PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.runtime import resolve_judge
 from deepprune_lc.runtime.loop import run_sync
-from deepprune_lc.runtime.specs import resolve_judge
 
 PAIRS = [
     PrefixPair(0, 1, "First, let me think.", "First, let me think."),

@@ -1,0 +1,50 @@
+"""Factories of the kinds that ship in the core: ``replay`` (backend) and ``lexical`` (judge).
+
+They are registered through the core's own ``pyproject.toml`` entry points, exactly as an
+integration or a third-party package registers its kinds, so the registry has no special cases.
+They live in the runtime layer because ``replay:demo`` reads the embedded demo pool
+(``deepprune_lc.demo``), which the backends layer may not import.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from deepprune_lc.backends.pool import load_trace_pool
+from deepprune_lc.backends.replay import ReplayBackend
+from deepprune_lc.core.specs import Spec, SpecError
+from deepprune_lc.demo import load_demo_pool
+from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
+
+__all__ = ["lexical_judge", "replay_backend"]
+
+
+def replay_backend(spec: Spec) -> ReplayBackend:
+    """``replay:demo`` (the embedded demo pool) or ``replay:<pool.jsonl>``; no options."""
+    if not spec.arg:
+        raise SpecError(
+            f"backend {spec.raw!r}: name the pool, 'replay:demo' or 'replay:<pool.jsonl>'"
+        )
+    spec.check_options()
+    pool = load_demo_pool() if spec.arg == "demo" else load_trace_pool(spec.arg)
+    # One token per event-loop turn: concurrent traces interleave as on a batching engine.
+    return ReplayBackend(pool, yield_every=1)
+
+
+def lexical_judge(spec: Spec) -> LexicalJudge:
+    """``lexical``, optionally with ``LexicalJudgeConfig`` fields: ``lexical?midpoint=0.5&ngram=3``."""
+    if spec.arg:
+        raise SpecError(
+            f"judge {spec.raw!r}: 'lexical' takes no argument; set its config as options, "
+            "e.g. 'lexical?midpoint=0.5'"
+        )
+    spec.check_options(LexicalJudgeConfig.model_fields)
+    try:
+        config = LexicalJudgeConfig.model_validate(dict(spec.options))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise SpecError(f"judge {spec.raw!r}: {problems}") from exc
+    return LexicalJudge(config)
