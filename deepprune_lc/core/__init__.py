@@ -26,6 +26,7 @@ from deepprune_lc.core.ports import (
     TraceRequest,
 )
 from deepprune_lc.core.result import DeepPruneResult, RunSummary
+from deepprune_lc.core.specs import Spec, SpecError, parse_spec
 
 __all__ = [
     "DEFAULT_REASONING_WORDS",
@@ -45,10 +46,13 @@ __all__ = [
     "ReasoningWordsPrefix",
     "RunSummary",
     "SamplingConfig",
+    "Spec",
+    "SpecError",
     "TokensPrefix",
     "TraceDelta",
     "TraceRequest",
     "extract_answer",
     "extract_choice",
     "math_equivalent",
+    "parse_spec",
 ]

@@ -43,13 +43,13 @@ from deepprune_lc.langchain.messages import messages_to_prompt, split_thinking
 from deepprune_lc.langchain.parameters import fold_standard_parameters
 from deepprune_lc.langchain.streaming import STREAM_CALL, ChunkHandoff, as_last_chunk
 from deepprune_lc.runtime.loop import run_sync
-from deepprune_lc.runtime.runner import DeepPrune
-from deepprune_lc.runtime.specs import (
+from deepprune_lc.runtime.registry import (
     check_backend_spec,
     check_judge_spec,
     resolve_backend,
     resolve_judge,
 )
+from deepprune_lc.runtime.runner import DeepPrune
 
 
 class DeepPruneReasoner(BaseChatModel):
@@ -245,13 +245,20 @@ class DeepPruneReasoner(BaseChatModel):
     def _deepprune(self) -> DeepPrune:
         """Created on first use: constructing the model never loads an engine.
 
-        Rebuilt when the configs differ from the cached runner's (``model_copy(update=...)`` copies
-        private attributes, so a copy would otherwise keep the original's settings).
+        Rebuilt when the backend, the judge or the configs differ from the cached runner's
+        (``model_copy(update=...)`` copies private attributes, so a copy would otherwise keep the
+        original's engines and settings).
         """
         runner = self._runner
         # Compare the specs as given: resolved AnswerRules hold functools.partial objects, which
-        # never compare equal, so comparing those would rebuild the runner on every call.
-        spec = (self.pruning, self.sampling, self.answers)
+        # never compare equal, so comparing those would rebuild the runner on every call. Backend
+        # and judge compare by spec string, or by identity for objects (two equal judges are still
+        # two judges); an id cannot be reused while the cached runner holds the object.
+        engines = tuple(
+            value if isinstance(value, str) else (type(value), id(value))
+            for value in (self.backend, self.judge)
+        )
+        spec = (*engines, self.pruning, self.sampling, self.answers)
         if runner is None or self._runner_spec != spec:
             runner = DeepPrune(
                 resolve_backend(self.backend),

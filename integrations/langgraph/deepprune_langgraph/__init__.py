@@ -12,6 +12,8 @@
   traces, a stronger model, or a clarifying question).
 """
 
+import importlib.metadata
+
 from deepprune_langgraph.escalation import (
     ESCALATED_EVENT,
     create_escalating_graph,
@@ -27,7 +29,10 @@ from deepprune_langgraph.node import (
 )
 from deepprune_langgraph.state import Attempt, DeepPruneState, Escalation, RecordedSummary, Route
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("deepprune-langgraph")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree not installed
+    __version__ = "0.0.0"
 
 __all__ = [
     "ESCALATED_EVENT",
