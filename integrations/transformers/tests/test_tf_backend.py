@@ -19,6 +19,7 @@ from deepprune_lc.core import SpecError, parse_spec
 from deepprune_lc.core.events import DeepPruneEvent, TracePruned
 from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
 from deepprune_lc.runtime import resolve_backend
+from deepprune_lc.testing import ConstantJudge
 
 PROMPT: Prompt = [{"role": "user", "content": "What is 6 times 7? Think step by step."}]
 _ids = iter(range(10**9))
@@ -164,54 +165,8 @@ async def test_waiting_requests_are_admitted_as_rows_free_up(tiny_model_dir: Pat
 
 
 # ---------------------------------------------------------------------- abort and resume
-
-
-@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
-async def test_parked_trace_keeps_exactly_its_tokens_and_resumes_token_exact(
-    tiny: TransformersBackend, temperature: float
-) -> None:
-    total, k = 24, 7
-    uninterrupted = _ids_of(
-        await _collect(tiny.stream(_request(temperature=temperature, seed=5, max_tokens=total)))
-    )
-
-    parked: list[TraceDelta] = []
-    request = _request(temperature=temperature, seed=5, max_tokens=total)
-    async for delta in tiny.stream(request):
-        parked.append(delta)
-        if len(_ids_of(parked)) == k:
-            await tiny.abort(request.request_id)
-    # Exactly the k tokens read before the abort, then one empty "abort" delta.
-    assert _ids_of(parked) == uninterrupted[:k]
-    assert parked[-1].finish_reason == "abort" and list(parked[-1].token_ids) == []
-    assert request.request_id not in tiny.live_requests()
-    assert request.request_id not in tiny.engine_row_ids()
-
-    resume = tuple(_ids_of(parked))
-    resumed = await _collect(
-        tiny.stream(_request(temperature=temperature, seed=5, max_tokens=total, resume=resume))
-    )
-    continuation = _ids_of(resumed)
-    # The continuation starts right after the kept ids (nothing re-emitted) and, with the same
-    # seed, is what the trace would have produced had it never been parked.
-    assert list(resume) + continuation == uninterrupted
-    assert len(resume) + len(continuation) == total and resumed[-1].finish_reason == "length"
-    await _idle(tiny)
-
-
-async def test_resumed_text_continues_the_parked_text(tiny: TransformersBackend) -> None:
-    full = await _collect(tiny.stream(_request(seed=9, max_tokens=20)))
-    first: list[TraceDelta] = []
-    request = _request(seed=9, max_tokens=20)
-    async for delta in tiny.stream(request):
-        first.append(delta)
-        if len(first) == 8:
-            await tiny.abort(request.request_id)
-    rest = await _collect(
-        tiny.stream(_request(seed=9, max_tokens=20, resume=tuple(_ids_of(first))))
-    )
-    assert "".join(d.text for d in first + rest) == "".join(d.text for d in full)
-    await _idle(tiny)
+# (The shared contract: exact abort, token-exact resume, budgets, closing early, concurrency, is
+# test_tf_conformance.py's; what follows is this engine's own: rows, admission, stop strings.)
 
 
 async def test_removed_rows_are_no_longer_computed(tiny: TransformersBackend) -> None:
@@ -245,17 +200,6 @@ async def test_removed_rows_are_no_longer_computed(tiny: TransformersBackend) ->
     await _idle(tiny)
 
 
-async def test_abort_is_a_no_op_for_unknown_and_finished_requests(
-    tiny: TransformersBackend,
-) -> None:
-    await tiny.abort("never-started")
-    request = _request(max_tokens=3)
-    deltas = await _collect(tiny.stream(request))
-    await tiny.abort(request.request_id)
-    assert deltas[-1].finish_reason == "length"
-    await _idle(tiny)
-
-
 async def test_abort_while_waiting_for_a_row(tiny_model_dir: Path) -> None:
     backend = TransformersBackend(tiny_model_dir, ignore_eos=True, max_batch_size=1)
     first, second = _request(max_tokens=30), _request(max_tokens=30)
@@ -270,23 +214,6 @@ async def test_abort_while_waiting_for_a_row(tiny_model_dir: Path) -> None:
     assert second.request_id not in set(backend.engine_row_ids())
     await _idle(backend)
     backend.close()
-
-
-async def test_closing_a_stream_early_removes_its_row(tiny: TransformersBackend) -> None:
-    request = _request(max_tokens=200)
-    stream = tiny.stream(request)
-    for _ in range(3):
-        await stream.__anext__()
-    assert request.request_id in tiny.live_requests()
-    await stream.aclose()
-    assert request.request_id not in tiny.live_requests()
-    assert request.request_id not in tiny.engine_row_ids()
-    await _idle(tiny)
-
-
-async def test_resume_at_the_token_budget_ends_at_once(tiny: TransformersBackend) -> None:
-    deltas = await _collect(tiny.stream(_request(max_tokens=4, resume=(5, 6, 7, 8))))
-    assert deltas == [TraceDelta((), "", "length")]
 
 
 async def test_stop_strings_end_the_trace(tiny: TransformersBackend) -> None:
@@ -356,15 +283,9 @@ async def test_deepprune_prunes_on_the_engine(tiny: TransformersBackend) -> None
     """Traces that stop at their prefix really stop: decoded tokens are what the engine did."""
     events: list[DeepPruneEvent] = []
 
-    class SameAnswer:
-        async def score(self, pairs):  # type: ignore[no-untyped-def]
-            from deepprune_lc import JudgeScores
-
-            return JudgeScores([1.0] * len(pairs))
-
     tiny.reset_stats()
     config = PruningConfig(n_traces=8, prefix=TokensPrefix(k=8), finalists=2)
-    deepprune = DeepPrune(tiny, SameAnswer(), config, sampling=SamplingConfig(max_tokens=48))
+    deepprune = DeepPrune(tiny, ConstantJudge(1.0), config, sampling=SamplingConfig(max_tokens=48))
     result = await deepprune.run(PROMPT, listeners=[events.append])
     await _idle(tiny)
     statuses = sorted(t.status for t in result.traces)
