@@ -2,11 +2,33 @@
 
 ``ReplayBackend`` replays recorded trace pools (``TracePool``, read by ``load_trace_pool``) and
 counts their tokens with ``RegexTokenizer``. Engine adapters (vLLM, transformers) live in
-``integrations/``; importing this package never pulls in an engine.
+``integrations/``; importing this package never pulls in an engine. What those adapters share lives
+here: ``PromptRenderer`` / ``render_prompt_ids`` turn a prompt into the ids an engine prefills, by one
+rule for every engine (``deepprune_lc.backends.rendering``).
 """
 
 from deepprune_lc.backends.pool import TracePool, TracePoolError, load_trace_pool
+from deepprune_lc.backends.rendering import (
+    DEFAULT_PROMPT_CACHE_SIZE,
+    PromptRenderer,
+    PromptTokenizer,
+    has_chat_template,
+    prompt_cache_key,
+    render_prompt_ids,
+)
 from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.backends.tokenizer import RegexTokenizer
 
-__all__ = ["RegexTokenizer", "ReplayBackend", "TracePool", "TracePoolError", "load_trace_pool"]
+__all__ = [
+    "DEFAULT_PROMPT_CACHE_SIZE",
+    "PromptRenderer",
+    "PromptTokenizer",
+    "RegexTokenizer",
+    "ReplayBackend",
+    "TracePool",
+    "TracePoolError",
+    "has_chat_template",
+    "load_trace_pool",
+    "prompt_cache_key",
+    "render_prompt_ids",
+]

@@ -40,7 +40,7 @@ from typing import Literal
 
 from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
 from deepprune_lc.backends.tokenizer import RegexTokenizer
-from deepprune_lc.core.ports import Prompt, TraceDelta, TraceRequest
+from deepprune_lc.core.ports import FinishReason, Prompt, TraceDelta, TraceRequest
 
 __all__ = ["ReplayBackend"]
 
@@ -123,6 +123,12 @@ class ReplayBackend:
             return self.tokenizer.count(prompt)
         return sum(self.tokenizer.count(message.get("content", "")) for message in prompt)
 
+    async def astart(self) -> None:
+        """``Lifecycle``: nothing to load (the pool is in memory already)."""
+
+    async def aclose(self) -> None:
+        """``Lifecycle``: nothing to release (no engine, no threads)."""
+
     # ------------------------------------------------------------------ inspection
 
     def live_requests(self) -> set[str]:
@@ -182,7 +188,7 @@ class ReplayBackend:
 
         total = len(tokens.ids)
         end = min(total, request.sampling.max_tokens)
-        reason = "stop" if end == total else "length"
+        reason: FinishReason = "stop" if end == total else "length"
 
         aborted = self._aborted
         self._live.add(request_id)

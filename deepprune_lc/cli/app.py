@@ -30,6 +30,7 @@ from deepprune_lc.core.events import (
     TracePruned,
     TraceResumed,
 )
+from deepprune_lc.core.ports import Lifecycle
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.runtime.runner import DeepPrune
@@ -255,13 +256,12 @@ def _model_demo(
         f"{config.finalists} finalists, up to {max_tokens} tokens per trace, temperature "
         f"{temperature}"
     )
-    load = getattr(engine, "load", None)
-    if callable(load):
+    if isinstance(engine, Lifecycle):  # load now, so the first question's time is its own
         console.print(
             "loading the model (a GGUF file is converted once, about 30 s for SmolLM2) ..."
         )
         started = time.perf_counter()
-        load()
+        asyncio.run(engine.astart())
         console.print(f"loaded in {time.perf_counter() - started:.1f} s")
     deepprune = DeepPrune(
         engine,

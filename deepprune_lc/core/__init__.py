@@ -14,12 +14,20 @@ from deepprune_lc.core.config import (
     SamplingConfig,
     TokensPrefix,
 )
-from deepprune_lc.core.errors import DeepPruneError, GenerationError, JudgeError
+from deepprune_lc.core.errors import (
+    BackendDeadError,
+    BackendError,
+    DeepPruneError,
+    GenerationError,
+    JudgeError,
+)
 from deepprune_lc.core.events import DeepPruneEvent
 from deepprune_lc.core.ports import (
+    FinishReason,
     GenerationBackend,
     Judge,
     JudgeScores,
+    Lifecycle,
     PrefixPair,
     Prompt,
     TraceDelta,
@@ -31,15 +39,19 @@ from deepprune_lc.core.specs import Spec, SpecError, parse_spec
 __all__ = [
     "DEFAULT_REASONING_WORDS",
     "AnswerRules",
+    "BackendDeadError",
+    "BackendError",
     "DeepPruneError",
     "DeepPruneEvent",
     "DeepPruneResult",
     "EarlyStoppingConfig",
+    "FinishReason",
     "GenerationBackend",
     "GenerationError",
     "Judge",
     "JudgeError",
     "JudgeScores",
+    "Lifecycle",
     "PrefixPair",
     "Prompt",
     "PruningConfig",

@@ -25,5 +25,22 @@ class GenerationError(DeepPruneError):
     """The generation backend failed (a stream raised, or an abort did not go through)."""
 
 
+class BackendError(GenerationError):
+    """A backend failed at its own level: the engine rejected a request, or a stream broke.
+
+    Raised by backends (from ``stream`` or ``abort``), with the engine's own exception as
+    ``__cause__``, so callers can tell an engine failure from a bug or a bad argument (those stay
+    ``ValueError`` / ``TypeError``) without knowing which engine runs. The run that sees it fails
+    with a ``GenerationError`` whose cause is this error; later requests may succeed.
+    """
+
+
+class BackendDeadError(BackendError):
+    """The engine itself is dead: every later request fails too, until it is restarted.
+
+    A server should report itself unhealthy and restart the backend rather than retry.
+    """
+
+
 class JudgeError(DeepPruneError):
     """The judge failed and the run was configured with ``on_judge_error="raise"``."""

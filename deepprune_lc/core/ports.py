@@ -2,7 +2,9 @@
 
 ``GenerationBackend`` is anything that can start, stream and abort a trace (vLLM, transformers, a
 vLLM server, the replay backend). ``Judge`` is anything that scores prefix pairs. Both are Protocols, so
-adapters need no base class and the core never imports an engine.
+adapters need no base class and the core never imports an engine. ``Lifecycle`` is the optional third:
+an adapter that holds an engine says how to bring it up and release it, so callers (the CLI, a server)
+warm it up and shut it down without knowing which engine it is.
 
 The per-token types (``TraceDelta``) are plain slotted dataclasses, not pydantic models: a run streams
 hundreds of thousands of them and validation on that path would cost more than the work itself.
@@ -12,13 +14,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from deepprune_lc.core.config import SamplingConfig
 
 #: A prompt is either plain text or chat messages ``[{"role": ..., "content": ...}, ...]``; backends
 #: that serve chat models apply the model's chat template to the latter.
 Prompt = str | Sequence[dict[str, str]]
+
+#: Why a trace ended: ``"stop"`` (end of sequence or a stop string), ``"length"`` (its token budget)
+#: or ``"abort"`` (the request was aborted). A backend that fails raises ``BackendError`` instead of
+#: inventing a fourth reason.
+FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +56,7 @@ class TraceDelta:
 
     token_ids: Sequence[int]
     text: str
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     logprobs: Sequence[Sequence[float]] | None = None
 
 
@@ -71,6 +78,27 @@ class GenerationBackend(Protocol):
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies (for usage reporting)."""
+        ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """An adapter whose engine can be brought up ahead of use and released when done.
+
+    Optional: backends (and judges) load lazily on first use, so nothing requires ``astart``; it
+    moves the load (weights, KV cache, worker threads) out of the first request's latency and lets
+    a caller report it separately. ``aclose`` releases what ``astart`` (or first use) acquired. Both
+    are idempotent and may be awaited from any event loop. The ``a`` prefix follows the Python
+    convention for the async twin (``aclose`` as in ``contextlib.aclosing``): several adapters also
+    offer blocking ``start``/``load``/``close`` methods for code outside an event loop.
+    """
+
+    async def astart(self) -> None:
+        """Load or warm up the engine now (a no-op when it already runs)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the engine (a no-op when nothing is held); a later use may start it again."""
         ...
 
 

@@ -1,8 +1,33 @@
 """Judges: implementations of ``deepprune_lc.core.ports.Judge``.
 
 Only the dependency-free lexical judge is imported here, so importing this package never loads a model.
+What every LLM judge shares, whichever engine runs it (settings, pair prompt, label tokens, P(yes),
+prefill count), is here too: ``deepprune_lc.judges.llm``.
 """
 
+from deepprune_lc.judges.common import logistic
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
+from deepprune_lc.judges.llm import (
+    ANSWER_CUE,
+    DEFAULT_JUDGE_TEMPLATE,
+    LabelTokenizer,
+    LLMJudgeSettings,
+    distinct_prompts,
+    judge_prefill_tokens,
+    label_token_ids,
+    yes_probability,
+)
 
-__all__ = ["LexicalJudge", "LexicalJudgeConfig"]
+__all__ = [
+    "ANSWER_CUE",
+    "DEFAULT_JUDGE_TEMPLATE",
+    "LLMJudgeSettings",
+    "LabelTokenizer",
+    "LexicalJudge",
+    "LexicalJudgeConfig",
+    "distinct_prompts",
+    "judge_prefill_tokens",
+    "label_token_ids",
+    "logistic",
+    "yes_probability",
+]

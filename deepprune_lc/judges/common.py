@@ -1,22 +1,15 @@
-"""What every judge implementation shares: the default LLM-judge prompt and the logistic map.
+"""What every judge shares: the logistic map from a score to a probability.
 
-The prompt lives in the core so that a judge model sees the same text whichever engine runs it
-(``deepprune_vllm.VLLMJudge``, ``deepprune_transformers.TransformersJudge``); the exact template of
-the paper's trained judge is not public, so every LLM judge takes its own ``template`` too.
+The lexical, embedding and LLM judges all turn a real-valued score (an overlap, a cosine, a logit
+margin) into P(same final answer) with it. What only LLM judges share (the prompt template, the
+label words, the prefill count) is in ``deepprune_lc.judges.llm``.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["DEFAULT_JUDGE_TEMPLATE", "logistic"]
-
-DEFAULT_JUDGE_TEMPLATE = (
-    "Two reasoning traces for the same problem were stopped early.\n\n"
-    "Trace A:\n{prefix_a}\n\n"
-    "Trace B:\n{prefix_b}\n\n"
-    "Will both traces reach the same final answer? Answer Yes or No."
-)
+__all__ = ["logistic"]
 
 
 def logistic(z: float) -> float:

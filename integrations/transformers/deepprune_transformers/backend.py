@@ -22,6 +22,12 @@ dropped, and the stream ends with an empty delta whose ``finish_reason`` is ``"a
 aborted after it has read k tokens keeps exactly those k tokens, and resuming it with them continues
 from exactly there: sampling draws its random numbers from ``(seed, position)``, so with the same seed
 a resumed trace samples what it would have sampled unparked.
+
+Prompts are rendered to ids by the rule every DeepPrune backend shares
+(``deepprune_lc.backends.rendering``: chat messages through the chat template, plain text encoded as
+it is, as vLLM's OpenAI server does) and cached. A failed forward pass ends every stream in the batch
+with ``EngineError``, a ``deepprune_lc.core.BackendError``; the next request starts a fresh batch.
+``astart`` / ``aclose`` (the ``Lifecycle`` port) load the model and release it from a coroutine.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from deepprune_lc.core.ports import Prompt, TraceDelta, TraceRequest
+from deepprune_lc.backends import PromptRenderer
+from deepprune_lc.core import BackendError, Prompt, TraceDelta, TraceRequest
 from deepprune_transformers.models import (
     default_cache_dir,
     limit_cpu_threads,
@@ -58,11 +65,13 @@ __all__ = ["EngineError", "TransformersBackend"]
 
 #: How long a closed stream waits for its row to leave the batch (one step at most, normally).
 _CLOSE_WAIT_S = 30.0
-_PROMPT_CACHE_LIMIT = 256
 
 
-class EngineError(RuntimeError):
-    """A forward pass failed; every request that was in the batch ends with this error."""
+class EngineError(BackendError):
+    """A forward pass failed; every request that was in the batch ends with this error.
+
+    The decode loop survives it: the batch is dropped and the next request starts a fresh one.
+    """
 
 
 @dataclass(eq=False, slots=True)
@@ -133,9 +142,7 @@ class TransformersBackend:
         self._tokenizer: Any = None
         self._engine: BatchEngine | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._prompt_ids_cache: collections.OrderedDict[object, tuple[int, ...]] = (
-            collections.OrderedDict()
-        )
+        self._renderer = PromptRenderer(self._loaded_tokenizer, model_name=self.model_name)
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -170,8 +177,20 @@ class TransformersBackend:
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies once templated (loads the tokenizer if needed)."""
-        self._load_tokenizer()
-        return len(self._prompt_ids(prompt))
+        return self._renderer.count(prompt)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def astart(self) -> None:
+        """``Lifecycle``: load the tokenizer and the model now, on the worker thread."""
+        if self._engine is None:
+            await asyncio.get_running_loop().run_in_executor(self._worker(), self._load)
+
+    async def aclose(self) -> None:
+        """``Lifecycle``: ``close`` from a coroutine (waits for the worker off the loop)."""
+        executor = self._detach()
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     # ------------------------------------------------------------------ inspection
 
@@ -219,8 +238,7 @@ class TransformersBackend:
     @property
     def tokenizer(self) -> Any:
         """The tokenizer (loaded on first access)."""
-        self._load_tokenizer()
-        return self._tokenizer
+        return self._loaded_tokenizer()
 
     @property
     def model(self) -> Any:
@@ -231,13 +249,18 @@ class TransformersBackend:
 
     def close(self) -> None:
         """Release the worker thread and the model. The backend loads again if used later."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        executor = self._detach()
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def _detach(self) -> ThreadPoolExecutor | None:
+        """Drop the model and the requests; return the worker to shut down (None when idle)."""
+        executor, self._executor = self._executor, None
         self._engine = None
         self._live.clear()
         self._waiting.clear()
         self._active = []
+        return executor
 
     # ------------------------------------------------------------------ loading
 
@@ -248,6 +271,10 @@ class TransformersBackend:
         does it to report load time separately). Safe to call more than once.
         """
         self._load()
+
+    def _loaded_tokenizer(self) -> Any:
+        self._load_tokenizer()
+        return self._tokenizer
 
     def _load_tokenizer(self) -> None:
         with self._load_lock:
@@ -303,40 +330,6 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ prompts
 
-    def _prompt_ids(self, prompt: Prompt) -> tuple[int, ...]:
-        """Token ids of a prompt, tokenised once (chat prompts through the chat template)."""
-        key: object = (
-            prompt
-            if isinstance(prompt, str)
-            else tuple((m.get("role", ""), m.get("content", "")) for m in prompt)
-        )
-        cached = self._prompt_ids_cache.get(key)
-        if cached is not None:
-            self._prompt_ids_cache.move_to_end(key)
-            return cached
-        tokenizer = self._tokenizer
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt)["input_ids"]
-        else:
-            if not getattr(tokenizer, "chat_template", None):
-                raise ValueError(
-                    f"prompt: chat messages need a chat template, and {self.model_name}'s "
-                    "tokenizer has none; pass the prompt as text"
-                )
-            ids = tokenizer.apply_chat_template(
-                [dict(m) for m in prompt],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        result = tuple(int(i) for i in ids)
-        if not result:
-            raise ValueError("prompt: tokenises to no tokens")
-        self._prompt_ids_cache[key] = result
-        if len(self._prompt_ids_cache) > _PROMPT_CACHE_LIMIT:
-            self._prompt_ids_cache.popitem(last=False)
-        return result
-
     def _make_row(self, request: TraceRequest) -> EngineRow:
         from deepprune_transformers.engine import EngineRow
         from deepprune_transformers.sampling import RowSampling
@@ -344,7 +337,7 @@ class TransformersBackend:
         sampling = request.sampling
         return EngineRow(
             request_id=request.request_id,
-            prompt_ids=self._prompt_ids(request.prompt),
+            prompt_ids=self._renderer.ids(request.prompt),
             generated=[int(t) for t in request.resume_token_ids],
             max_tokens=sampling.max_tokens,
             sampling=RowSampling(

@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from deepprune_lc.core import FinishReason
 from deepprune_transformers.detok import IncrementalDetokenizer
 from deepprune_transformers.sampling import RowSampling, sample_tokens
 
@@ -73,7 +74,7 @@ class EngineRow:
     stop: tuple[str, ...] = ()
     #: Real (non-padding) tokens of this row in the cache.
     cached_tokens: int = 0
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     detok: IncrementalDetokenizer | None = None
     text_tail: str = ""
     new_tokens: int = 0
@@ -88,7 +89,7 @@ class StepOutput:
     row: EngineRow
     token_id: int
     text: str
-    finish_reason: str | None
+    finish_reason: FinishReason | None
 
 
 @dataclass(slots=True)
@@ -284,7 +285,7 @@ class BatchEngine:
         row.new_tokens += 1
         assert row.detok is not None
         text = row.detok.push(token)
-        finish: str | None = None
+        finish: FinishReason | None = None
         if token in self.eos_token_ids and not self.ignore_eos:
             finish = "stop"
         elif row.stop and text:

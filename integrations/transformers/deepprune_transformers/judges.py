@@ -32,11 +32,14 @@ same prefix is scored many times); ``prefill_tokens`` counts the tokens the enco
 (special tokens included, after truncation to the model's ``max_seq_length``), so cached texts cost
 nothing.
 
-``TransformersJudge`` is ``deepprune_vllm.VLLMJudge`` on transformers: every pair becomes one prompt
-(the same default template, through the model's chat template when it has one), one forward pass
-reads the next-token logits, and the score is P(yes) renormalised over {yes, no}. Pairs run as
-left-padded batches (``max_batch_size`` prompts per forward pass, sorted by length to waste little
-padding), with explicit position ids so padding never shifts the positions.
+``TransformersJudge`` is ``deepprune_vllm.VLLMJudge`` on transformers, sharing with it everything
+that is not the engine (``deepprune_lc.judges.llm``): every pair becomes one prompt
+(``LLMJudgeSettings.judge_prompt``, rendered to ids by the rule every backend uses), one forward
+pass reads the next-token logits, the score is P(yes) renormalised over {yes, no}
+(``yes_probability``) and ``prefill_tokens`` counts the distinct prompts' tokens
+(``judge_prefill_tokens``). Distinct prompts run as left-padded batches (``max_batch_size`` prompts
+per forward pass, sorted by length to waste little padding), with explicit position ids so padding
+never shifts the positions.
 
 Both judges load their model lazily, on the first ``score`` call, on one dedicated worker thread that
 also runs every encode / forward pass: the event loop (where the DeepPrune driver runs) never
@@ -56,10 +59,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from deepprune_lc.core.ports import JudgeScores, PrefixPair
-from deepprune_lc.judges.common import DEFAULT_JUDGE_TEMPLATE, logistic
+from deepprune_lc.backends import has_chat_template, render_prompt_ids
+from deepprune_lc.core import JudgeScores, PrefixPair
+from deepprune_lc.judges import (
+    DEFAULT_JUDGE_TEMPLATE,
+    LLMJudgeSettings,
+    distinct_prompts,
+    judge_prefill_tokens,
+    label_token_ids,
+    logistic,
+    yes_probability,
+)
 from deepprune_transformers.models import limit_cpu_threads, pick_device
 
 __all__ = [
@@ -370,17 +382,12 @@ def embedding_judge_from_spec(arg: str) -> EmbeddingJudge:
 # ---------------------------------------------------------------------- LLM judge
 
 
-class TransformersJudgeConfig(BaseModel):
-    """Knobs of ``TransformersJudge``."""
+class TransformersJudgeConfig(LLMJudgeSettings):
+    """Knobs of ``TransformersJudge``: the shared ``LLMJudgeSettings`` (template, yes, no) and
+    the engine's own."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    template: str = Field(
-        default=DEFAULT_JUDGE_TEMPLATE,
-        description="Prompt with {prefix_a} and {prefix_b}; use the one your judge was trained with.",
-    )
-    yes: str = Field(default="Yes", min_length=1, description="Answer word for 'same answer'.")
-    no: str = Field(default="No", min_length=1, description="Answer word for 'different'.")
     max_batch_size: int = Field(default=8, ge=1, le=4096, description="Prompts per forward pass.")
     max_prompt_tokens: int | None = Field(
         default=None,
@@ -396,37 +403,10 @@ class TransformersJudgeConfig(BaseModel):
         default=None, ge=1, description="torch intra-op threads on CPU (default: cores - 1)."
     )
 
-    @field_validator("template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        if "{prefix_a}" not in value or "{prefix_b}" not in value:
-            raise ValueError("must contain {prefix_a} and {prefix_b}")
-        try:
-            value.format(prefix_a="", prefix_b="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"must be a str.format template with only {{prefix_a}} and {{prefix_b}} "
-                f"(double any other braces): {exc!r}"
-            ) from exc
-        return value
-
-    @field_validator("yes", "no")
-    @classmethod
-    def _word(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must be a non-empty word")
-        return value
-
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         return _check_device(value)
-
-    @model_validator(mode="after")
-    def _distinct_words(self) -> TransformersJudgeConfig:
-        if self.yes == self.no:
-            raise ValueError("yes and no must be different words")
-        return self
 
 
 class TransformersJudge(_LazyModelJudge):
@@ -509,13 +489,7 @@ class TransformersJudge(_LazyModelJudge):
             )
 
             tokenizer = load_tokenizer(self._source, self._gguf_file, gguf_cache=self._gguf_cache)
-            yes = tokenizer.encode(self.config.yes, add_special_tokens=False)
-            no = tokenizer.encode(self.config.no, add_special_tokens=False)
-            if not yes or not no or yes[0] == no[0]:
-                raise ValueError(
-                    f"yes={self.config.yes!r} and no={self.config.no!r} start with the same token "
-                    f"in {self.model_name}'s tokenizer"
-                )
+            labels = label_token_ids(tokenizer, self.config, model_name=self.model_name)
             device = torch.device(pick_device(self.config.device))
             limit_cpu_threads(self.config.num_threads, device.type)
             model = load_model(
@@ -527,24 +501,15 @@ class TransformersJudge(_LazyModelJudge):
             )
             model.to(device)
             self._tokenizer = tokenizer
-            self._label_ids = (int(yes[0]), int(no[0]))
+            self._label_ids = labels
             self._pad_id = pad_token_id(model, tokenizer)
             self._device = device
             self._model = model
 
     def _prompt_ids(self, pair: PrefixPair) -> list[int]:
         tokenizer = self._tokenizer
-        text = self.config.template.format(prefix_a=pair.prefix_a, prefix_b=pair.prefix_b)
-        if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        else:
-            ids = tokenizer(f"{text}\nAnswer:")["input_ids"]
-        return [int(i) for i in ids]
+        prompt = self.config.judge_prompt(pair, chat=has_chat_template(tokenizer))
+        return list(render_prompt_ids(tokenizer, prompt, model_name=self.model_name))
 
     def _max_prompt_tokens(self) -> int | None:
         if self.config.max_prompt_tokens is not None:
@@ -569,8 +534,8 @@ class TransformersJudge(_LazyModelJudge):
                     f"judge prompt of {longest} tokens exceeds {self.model_name}'s limit of "
                     f"{limit}: shorten the prefixes or raise max_prompt_tokens"
                 )
-        distinct = sorted(set(prompts), key=len)
-        margins: dict[tuple[int, ...], float] = {}
+        distinct = sorted(distinct_prompts(prompts), key=len)
+        probabilities_of: dict[tuple[int, ...], float] = {}
         size = self.config.max_batch_size
         with torch.inference_mode():
             for start in range(0, len(distinct), size):
@@ -584,13 +549,12 @@ class TransformersJudge(_LazyModelJudge):
                     logits_to_keep=1,
                 )
                 last = out.logits[:, -1, :].float()
-                margin = (last[:, yes_id] - last[:, no_id]).tolist()
-                for prompt, value in zip(chunk, margin, strict=True):
-                    margins[prompt] = float(value)
+                labels = last[:, [yes_id, no_id]].tolist()
+                for prompt, (yes, no) in zip(chunk, labels, strict=True):
+                    probabilities_of[prompt] = yes_probability(yes, no)  # from logits: see there
                 self.forward_batch_sizes.append(len(chunk))
-        # log P(yes) - log P(no) = logit(yes) - logit(no): the softmax normaliser cancels.
-        probabilities = [logistic(margins[ids]) for ids in prompts]
-        return probabilities, sum(len(ids) for ids in distinct)
+        probabilities = [probabilities_of[ids] for ids in prompts]
+        return probabilities, judge_prefill_tokens(prompts)
 
 
 def judge_from_spec(arg: str) -> TransformersJudge:

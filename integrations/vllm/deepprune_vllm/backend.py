@@ -2,8 +2,10 @@
 
 What it does per trace:
 
-* applies the model's chat template to chat prompts (plain strings are tokenised as they are) and
-  caches the prompt's token ids, so N traces of one question tokenise it once;
+* renders the prompt to token ids by the rule every DeepPrune backend shares
+  (``deepprune_lc.backends.rendering``: chat messages through the model's chat template, plain text
+  encoded as it is, as vLLM's OpenAI server does) and caches them, so N traces of one question
+  tokenise it once;
 * submits ``prompt ids + resume_token_ids`` as token ids: a parked trace resumes from the exact ids
   it produced (a prefix-cache hit), never from re-tokenised text, and those ids are not re-emitted;
 * streams ``RequestOutputKind.DELTA`` outputs as ``TraceDelta`` (token ids, text, finish reason and,
@@ -21,6 +23,10 @@ most once per batch of deltas; ``abort`` and closing the stream are forwarded th
 Abort races. An abort can reach the engine before the request does (vLLM would ignore it). The
 backend remembers aborts for every stream it has open: a stream aborted before submission ends at
 once without submitting, and one whose abort vLLM missed is aborted again on its first output.
+
+Failures. What vLLM raises while serving a request is raised as ``deepprune_lc.core.BackendError``;
+its ``EngineDeadError`` (the engine-core process died) as ``BackendDeadError``. ``astart`` /
+``aclose`` (the ``Lifecycle`` port) start the shared engine and shut it down from any loop.
 """
 
 from __future__ import annotations
@@ -33,8 +39,14 @@ from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from deepprune_lc.core.ports import Prompt, TraceDelta, TraceRequest
-from deepprune_vllm.engine import SharedEngine, normalise_engine_args, shared_engine
+from deepprune_lc.backends import PromptRenderer
+from deepprune_lc.core import BackendError, FinishReason, Prompt, TraceDelta, TraceRequest
+from deepprune_vllm.engine import (
+    SharedEngine,
+    engine_failures,
+    normalise_engine_args,
+    shared_engine,
+)
 from deepprune_vllm.sampling import build_sampling_params, check_sampling_overrides
 
 if TYPE_CHECKING:
@@ -42,8 +54,15 @@ if TYPE_CHECKING:
 
 __all__ = ["VLLMBackend"]
 
-_PROMPT_CACHE_LIMIT = 1024
 _END = object()
+#: vLLM's finish reasons that end a trace normally, as the port's ``FinishReason``. "repetition"
+#: (vLLM stopped a looping output) is the engine's own stop rule; "error" is raised instead.
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    "repetition": "stop",
+}
 
 
 class VLLMBackend:
@@ -84,9 +103,13 @@ class VLLMBackend:
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         #: The engine, shared with every backend built from the same engine arguments.
         self.engine: SharedEngine = shared_engine(self.engine_args)
-        self._prompt_lock = threading.Lock()
-        self._prompt_ids_cache: dict[object, tuple[int, ...]] = {}
+        self._tokenizer_lock = threading.Lock()
         self._fallback_tokenizer: Any = None
+        self._renderer = PromptRenderer(
+            self._tokenizer,
+            chat_template_kwargs=self.chat_template_kwargs,
+            model_name=self.model_name,
+        )
         # Streams open in this backend, and those of them an abort was requested for. Touched from
         # the engine loop and (for bridged streams) the caller's loop: single set operations only.
         self._open: set[str] = set()
@@ -119,7 +142,17 @@ class VLLMBackend:
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies once templated (what the engine prefills)."""
-        return len(self._cached_prompt_ids(prompt))
+        return self._renderer.count(prompt)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def astart(self) -> None:
+        """``Lifecycle``: start the shared engine now and wait until it is up (any loop)."""
+        await self.engine.astart()
+
+    async def aclose(self) -> None:
+        """``Lifecycle``: shut the shared engine down (every backend and judge using it)."""
+        await self.engine.ashutdown()
 
     # ------------------------------------------------------------------ inspection and control
 
@@ -140,32 +173,17 @@ class VLLMBackend:
         self.engine.shutdown()
 
     async def ashutdown(self) -> None:
+        """``shutdown`` for coroutines, on any loop (the same as ``aclose``)."""
         await self.engine.ashutdown()
 
     def prompt_token_ids(self, prompt: Prompt, *, cache: bool = True) -> list[int]:
-        """The prompt's token ids as submitted: chat prompts through the model's chat template.
+        """The prompt's token ids as submitted (``deepprune_lc.backends.render_prompt_ids``).
 
         Cached per prompt: N traces of one question (and every resume) tokenise it once.
         ``cache=False`` is for one-off prompts (a judge's pair prompts) that would only evict the
         ones worth keeping.
         """
-        return list(self._cached_prompt_ids(prompt) if cache else self._tokenize(prompt))
-
-    def _cached_prompt_ids(self, prompt: Prompt) -> tuple[int, ...]:
-        key: object = (
-            prompt
-            if isinstance(prompt, str)
-            else tuple(tuple(sorted(message.items())) for message in prompt)
-        )
-        with self._prompt_lock:
-            cached = self._prompt_ids_cache.get(key)
-        if cached is None:
-            cached = self._tokenize(prompt)
-            with self._prompt_lock:
-                if len(self._prompt_ids_cache) >= _PROMPT_CACHE_LIMIT:
-                    self._prompt_ids_cache.clear()
-                self._prompt_ids_cache[key] = cached
-        return cached
+        return list(self._renderer.ids(prompt, cache=cache))
 
     # ------------------------------------------------------------------ engine-loop side
 
@@ -182,7 +200,7 @@ class VLLMBackend:
             if request_id in self._abort_requested:
                 yield TraceDelta((), "", "abort")  # aborted before it reached the engine
                 return
-            prompt_ids = self._cached_prompt_ids(request.prompt)
+            prompt_ids = self._renderer.ids(request.prompt)
             params = build_sampling_params(
                 request.sampling,
                 seed=request.seed,
@@ -196,21 +214,28 @@ class VLLMBackend:
             top_k = self.logprobs
             abort_checked = False
             try:
-                async for output in outputs:
-                    completion = output.outputs[0]
-                    finish = completion.finish_reason if output.finished else None
-                    if finish == "error":
-                        raise RuntimeError(f"vLLM failed request {request_id}")
-                    yield TraceDelta(
-                        completion.token_ids,
-                        completion.text,
-                        finish,
-                        _top_logprobs(completion.logprobs, top_k) if top_k else None,
-                    )
-                    if not abort_checked and finish is None and request_id in self._abort_requested:
-                        # The abort arrived before vLLM knew the request and was lost: repeat it.
-                        abort_checked = True
-                        await engine.abort(request_id)
+                with engine_failures(f"request {request_id}"):
+                    async for output in outputs:
+                        completion = output.outputs[0]
+                        finish = (
+                            _finish_reason(completion.finish_reason, request_id)
+                            if output.finished
+                            else None
+                        )
+                        yield TraceDelta(
+                            completion.token_ids,
+                            completion.text,
+                            finish,
+                            _top_logprobs(completion.logprobs, top_k) if top_k else None,
+                        )
+                        if (
+                            not abort_checked
+                            and finish is None
+                            and request_id in self._abort_requested
+                        ):
+                            # The abort arrived before vLLM knew the request and was lost: repeat.
+                            abort_checked = True
+                            await engine.abort(request_id)
             finally:
                 await outputs.aclose()  # a no-op when finished; aborts the request otherwise
         finally:
@@ -222,7 +247,8 @@ class VLLMBackend:
             self._abort_requested.add(request_id)
         engine = self.engine.engine_nowait()
         if engine is not None:
-            await engine.abort(request_id)
+            with engine_failures(f"abort of {request_id}"):
+                await engine.abort(request_id)
 
     # ------------------------------------------------------------------ bridge to other loops
 
@@ -269,39 +295,26 @@ class VLLMBackend:
 
     # ------------------------------------------------------------------ tokenizer
 
-    def _tokenize(self, prompt: Prompt) -> tuple[int, ...]:
-        tokenizer = self._tokenizer()
-        if isinstance(prompt, str):
-            return tuple(tokenizer.encode(prompt))
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"prompt: {self.model!r} has no chat template; pass a plain-text prompt instead "
-                "of chat messages"
-            )
-        text = tokenizer.apply_chat_template(
-            [dict(message) for message in prompt],
-            tokenize=False,
-            add_generation_prompt=True,
-            **self.chat_template_kwargs,
-        )
-        # The template writes the special tokens itself (as vLLM's chat path does).
-        return tuple(tokenizer.encode(text, add_special_tokens=False))
+    @property
+    def tokenizer(self) -> Any:
+        """The engine's tokenizer once it runs; before that, the same files through transformers."""
+        return self._tokenizer()
 
     def _tokenizer(self) -> Any:
-        """The engine's tokenizer once it runs; before that, the same files through transformers."""
         engine: AsyncLLM | None = self.engine.engine_nowait()
         if engine is not None:
             return engine.get_tokenizer()
-        if self._fallback_tokenizer is None:
-            from transformers import AutoTokenizer
+        with self._tokenizer_lock:
+            if self._fallback_tokenizer is None:
+                from transformers import AutoTokenizer
 
-            args = self.engine_args
-            self._fallback_tokenizer = AutoTokenizer.from_pretrained(
-                args.get("tokenizer") or args["model"],
-                revision=args.get("tokenizer_revision") or args.get("revision"),
-                trust_remote_code=bool(args.get("trust_remote_code", False)),
-            )
-        return self._fallback_tokenizer
+                args = self.engine_args
+                self._fallback_tokenizer = AutoTokenizer.from_pretrained(
+                    args.get("tokenizer") or args["model"],
+                    revision=args.get("tokenizer_revision") or args.get("revision"),
+                    trust_remote_code=bool(args.get("trust_remote_code", False)),
+                )
+            return self._fallback_tokenizer
 
 
 class _Mailbox:
@@ -386,6 +399,14 @@ async def _close_pump(channel: _Channel) -> None:
     if task is not None and not task.done():
         task.cancel()
         await asyncio.wait([task])
+
+
+def _finish_reason(reason: str | None, request_id: str) -> FinishReason:
+    """vLLM's finish reason of a finished output as the port's; an "error" finish is raised."""
+    finish = _FINISH_REASONS.get(reason or "")
+    if finish is None:
+        raise BackendError(f"request {request_id}: vLLM finished it with {reason!r}")
+    return finish
 
 
 def _top_logprobs(entries: Any, k: int) -> list[list[float]] | None:

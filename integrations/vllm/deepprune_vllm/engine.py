@@ -14,6 +14,9 @@ Why a holder instead of a bare engine:
   LangChain entry points already run on; callers on other loops are bridged (``backend.py``).
 * **Shut down cleanly.** ``shutdown()`` aborts what is still running, stops the output handler and
   terminates the engine-core process; an ``atexit`` hook does it for every engine still alive.
+* **Typed failures.** ``engine_failures`` turns what vLLM raises while serving a request into the
+  core's ``BackendError``, and vLLM's ``EngineDeadError`` (the engine-core process is gone: every
+  later request fails too) into ``BackendDeadError``, for the backend and the judge alike.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import difflib
 import gc
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from deepprune_lc.core import BackendDeadError, BackendError
 from deepprune_lc.runtime.loop import background_loop
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ __all__ = [
     "ENGINE_DEFAULTS",
     "SharedEngine",
     "engine_arg_names",
+    "engine_failures",
     "normalise_engine_args",
     "shared_engine",
     "shutdown_engines",
@@ -96,6 +101,38 @@ def normalise_engine_args(
             + " (see vllm.engine.arg_utils.AsyncEngineArgs)"
         )
     return {"model": model, **ENGINE_DEFAULTS, **merged}
+
+
+@lru_cache(maxsize=1)
+def _engine_dead_error() -> type[BaseException] | None:
+    """vLLM's ``EngineDeadError``, or None where this vLLM has no such class (or none imports)."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:
+        return None
+    return EngineDeadError
+
+
+@contextlib.contextmanager
+def engine_failures(what: str) -> Iterator[None]:
+    """Raise what vLLM raises inside the block as ``BackendError`` (``BackendDeadError`` when the
+    engine is dead), with vLLM's exception as the cause; ``what`` names the failed operation.
+
+    Cancellation and generator exits are not failures and pass through untouched, as do the core's
+    own backend errors.
+    """
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as exc:
+        dead = _engine_dead_error()
+        if dead is not None and isinstance(exc, dead):
+            raise BackendDeadError(
+                f"{what}: the vLLM engine is dead; every request fails until it is restarted "
+                "(shut the backend down and use it again)"
+            ) from exc
+        raise BackendError(f"{what}: vLLM failed: {exc!r}") from exc
 
 
 def _engine_key(args: Mapping[str, Any]) -> str:
@@ -160,6 +197,11 @@ class SharedEngine:
             raise RuntimeError("SharedEngine.start() blocks: use `await engine()` on the loop")
         self.loop  # noqa: B018 - bind the loop now so the engine's first request lands on it
         return self._start_future().result(timeout)
+
+    async def astart(self) -> None:
+        """Start the engine (if needed) and wait until it is up, from any event loop."""
+        self.loop  # noqa: B018 - bind the loop now so the engine's first request lands on it
+        await self.engine()
 
     def _start_future(self) -> concurrent.futures.Future[AsyncLLM]:
         with self._lock:

@@ -2,11 +2,13 @@
 
 DeepPrune's judge is an LLM fine-tuned to predict, from two prefixes, whether two traces reach the
 same final answer (the paper fine-tunes Qwen3-4B-Instruct). This adapter runs any such model on a
-shared vLLM engine: every pair becomes one chat prompt (``template``), the engine decodes a single
-token with greedy sampling, and the score is the probability of the "yes" token renormalised over
-{yes, no}, read through ``SamplingParams.logprob_token_ids`` (the raw log-probabilities of exactly
-those two tokens, whatever token is sampled). All pairs of a batch run concurrently, so the engine
-batches them. ``prefill_tokens`` reports what the judge read.
+shared vLLM engine. What it shares with every LLM judge (``deepprune_lc.judges.llm``): every pair
+becomes one prompt (``LLMJudgeSettings.judge_prompt``, rendered to ids by the rule every backend
+uses), the score is P(yes) renormalised over {yes, no} (``yes_probability``) and ``prefill_tokens``
+counts the distinct prompts' tokens (``judge_prefill_tokens``). What is vLLM's own: the engine
+decodes a single token with greedy sampling and reports the raw log-probabilities of exactly the two
+label tokens (``SamplingParams.logprob_token_ids``), whatever token is sampled; all distinct prompts
+of a batch run concurrently, so the engine batches them.
 
 The default template is ours, not the paper's: pass the one your judge model was trained with.
 """
@@ -18,9 +20,18 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from deepprune_lc.core.ports import JudgeScores, PrefixPair, Prompt
-from deepprune_lc.judges.common import DEFAULT_JUDGE_TEMPLATE, logistic
+from deepprune_lc.backends import has_chat_template
+from deepprune_lc.core import JudgeScores, PrefixPair
+from deepprune_lc.judges import (
+    DEFAULT_JUDGE_TEMPLATE,
+    LLMJudgeSettings,
+    distinct_prompts,
+    judge_prefill_tokens,
+    label_token_ids,
+    yes_probability,
+)
 from deepprune_vllm.backend import VLLMBackend
+from deepprune_vllm.engine import engine_failures
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "VLLMJudge"]
 
@@ -32,8 +43,8 @@ class VLLMJudge:
     """Scores prefix pairs with a judge model served by a (shared) vLLM engine.
 
     Engine arguments work as for ``VLLMBackend``; a judge and a backend with equal engine
-    arguments share one engine. ``yes`` / ``no`` are the answer words whose first tokens are
-    compared.
+    arguments share one engine. ``template``, ``yes`` and ``no`` are checked now
+    (``LLMJudgeSettings``); ``yes`` / ``no`` are the answer words whose first tokens are compared.
     """
 
     def __init__(
@@ -47,12 +58,7 @@ class VLLMJudge:
         chat_template_kwargs: Mapping[str, Any] | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        if "{prefix_a}" not in template or "{prefix_b}" not in template:
-            raise ValueError("template: must contain {prefix_a} and {prefix_b}")
-        if not yes.strip() or not no.strip() or yes == no:
-            raise ValueError("yes/no: must be two different non-empty words")
-        self.template = template
-        self.yes, self.no = yes, no
+        self.settings = LLMJudgeSettings(template=template, yes=yes, no=no)
         self.backend = VLLMBackend(
             model,
             engine_args=engine_args,
@@ -64,6 +70,18 @@ class VLLMJudge:
 
     def __repr__(self) -> str:
         return f"VLLMJudge({self.backend.model!r})"
+
+    @property
+    def template(self) -> str:
+        return self.settings.template
+
+    @property
+    def yes(self) -> str:
+        return self.settings.yes
+
+    @property
+    def no(self) -> str:
+        return self.settings.no
 
     async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
         """P(same final answer) per pair; any loop (bridged to the engine loop when needed)."""
@@ -79,13 +97,17 @@ class VLLMJudge:
     def label_token_ids(self) -> tuple[int, int]:
         """The first token of ``yes`` and of ``no`` (they must differ)."""
         if self._label_ids is None:
-            tokenizer = self.backend._tokenizer()
-            yes = tokenizer.encode(self.yes, add_special_tokens=False)
-            no = tokenizer.encode(self.no, add_special_tokens=False)
-            if not yes or not no or yes[0] == no[0]:
-                raise ValueError(f"yes={self.yes!r} and no={self.no!r} start with the same token")
-            self._label_ids = (yes[0], no[0])
+            self._label_ids = label_token_ids(
+                self.backend.tokenizer, self.settings, model_name=self.model_name
+            )
         return self._label_ids
+
+    def prompt_ids(self, pair: PrefixPair) -> list[int]:
+        """Token ids of the judge prompt for one pair, as the engine reads them (not cached)."""
+        chat = has_chat_template(self.backend.tokenizer)
+        return self.backend.prompt_token_ids(
+            self.settings.judge_prompt(pair, chat=chat), cache=False
+        )
 
     async def _score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
         from vllm import SamplingParams
@@ -95,36 +117,26 @@ class VLLMJudge:
         params = SamplingParams(
             max_tokens=1, temperature=0.0, logprob_token_ids=[yes_id, no_id], detokenize=False
         )
-        has_chat_template = bool(getattr(self.backend._tokenizer(), "chat_template", None))
-        prompts = []
-        for pair in pairs:
-            text = self.template.format(prefix_a=pair.prefix_a, prefix_b=pair.prefix_b)
-            prompt: Prompt = (
-                [{"role": "user", "content": text}] if has_chat_template else f"{text}\nAnswer:"
-            )
-            prompts.append(self.backend.prompt_token_ids(prompt, cache=False))
+        prompts = [tuple(self.prompt_ids(pair)) for pair in pairs]
+        distinct = distinct_prompts(prompts)
         batch = next(_batches)
 
-        async def one(i: int, ids: list[int]) -> float:
+        async def one(i: int, ids: tuple[int, ...]) -> float:
             final = None
-            async for output in engine.generate(
-                {"prompt_token_ids": ids}, params, request_id=f"judge-{batch}-{i}"
-            ):
-                final = output
+            request_id = f"judge-{batch}-{i}"
+            with engine_failures(f"judge request {request_id}"):
+                async for output in engine.generate(
+                    {"prompt_token_ids": list(ids)}, params, request_id=request_id
+                ):
+                    final = output
             assert final is not None and final.outputs[0].logprobs
             by_token = final.outputs[0].logprobs[0]
-            return _yes_probability(by_token[yes_id].logprob, by_token[no_id].logprob)
+            return yes_probability(by_token[yes_id].logprob, by_token[no_id].logprob)
 
-        probabilities = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
+        scored = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(distinct)))
+        by_prompt = dict(zip(distinct, scored, strict=True))
         return JudgeScores(
-            list(probabilities),
-            prefill_tokens=sum(len(ids) for ids in prompts),
+            [by_prompt[ids] for ids in prompts],
+            prefill_tokens=judge_prefill_tokens(prompts),
             details={"judge": self.backend.model},
         )
-
-
-def _yes_probability(log_yes: float, log_no: float) -> float:
-    """exp(log_yes) / (exp(log_yes) + exp(log_no)), without overflow; 0.5 when both are -inf."""
-    if log_yes == log_no:
-        return 0.5
-    return logistic(log_yes - log_no)

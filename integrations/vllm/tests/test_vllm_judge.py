@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from deepprune_vllm import VLLMBackend, VLLMJudge
-from deepprune_vllm.judge import _yes_probability
 from vllm_helpers import ENGINE_KWARGS, QUESTION
 
 from deepprune_lc import DeepPrune, PrefixPair, PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.judges import yes_probability as _yes_probability
 from deepprune_lc.runtime import resolve_judge
 from deepprune_lc.runtime.loop import run_sync
 
