@@ -24,6 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import StreamWriter
 from lg_helpers import PRUNING, call_node, reasoner, run_graph, stream_chunks
+from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from deepprune_lc import (
@@ -197,6 +198,21 @@ def test_state_keys_are_configurable(bakery: str, asynchronous: bool) -> None:
     assert "messages" not in state and "deepprune" not in state
 
 
+class PydanticChat(BaseModel):
+    messages: Annotated[list[AnyMessage], add_messages]
+    deepprune: RecordedSummary | None = None
+
+
+def test_node_reads_a_pydantic_state(bakery: str, asynchronous: bool) -> None:
+    """LangGraph hands a node of a pydantic-state graph the model instance: read by attribute."""
+    graph = one_node_graph(create_deepprune_node(reasoner()), PydanticChat)
+
+    state = run_graph(graph, {"messages": [bakery]}, asynchronous=asynchronous)
+
+    assert state["deepprune"]["answer"] == "216"
+    assert [m.type for m in state["messages"]] == ["human", "ai"]
+
+
 def test_a_second_turn_sees_the_whole_conversation(bakery: str) -> None:
     """The reply is appended; the next question is asked with the earlier turns in the prompt."""
     graph = one_node_graph(create_deepprune_node(reasoner()))
@@ -259,6 +275,9 @@ def test_node_is_a_deepprune_node_and_its_summary_is_a_run_summary(bakery: str) 
     # RunSummary types every key DeepPruneResult.summary() writes, and no other.
     assert set(update["deepprune"]) == set(RunSummary.__required_keys__)
     assert RecordedSummary.__optional_keys__ == {"error"}
+    # The typed summary is part of the graph's schema (LangGraph builds it with pydantic).
+    schema = one_node_graph(node).get_input_jsonschema()["$defs"]["RecordedSummary"]
+    assert set(schema["properties"]) == set(RunSummary.__required_keys__) | {"error"}
 
 
 def test_node_answers_a_message_list(bakery: str, asynchronous: bool) -> None:
