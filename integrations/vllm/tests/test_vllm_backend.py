@@ -1,8 +1,9 @@
-"""The backend contract on a real vLLM engine (CPU build, tiny trained Qwen2, one engine per session).
+"""VLLMBackend on a real vLLM engine (CPU build, tiny trained Qwen2, one engine per session).
 
-Async tests run on pytest's own loop, so their streams are *bridged* to the engine loop; tests
-marked "direct" run through ``run_sync`` on the engine loop itself. Both paths must keep the
-contract: concurrent streaming, exact parking, token-exact resume, and no request left behind.
+The contract every backend shares (concurrent streaming, exact parking, token-exact resume, budgets,
+no request left behind) runs on pytest's loop, whose streams are *bridged* to the engine loop, in
+test_vllm_conformance.py. Here: the same on the *direct* path (``run_sync`` on the engine loop
+itself), and what only this backend has (logprobs, its chat-template tokenisation).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
 from deepprune_vllm import VLLMBackend
 from vllm_helpers import ENGINE_KWARGS, QUESTION
 
@@ -102,43 +102,8 @@ def direct(make: Callable[[], Awaitable[T]]) -> T:
     return run_sync(run())
 
 
-async def test_traces_stream_concurrently(eos_free: VLLMBackend) -> None:
-    n, length = 8, 48
-    arrivals: list[int] = []
-
-    async def one(i: int) -> Collected:
-        out = Collected()
-        async for delta in eos_free.stream(request(max_tokens=length, seed=i, index=i)):
-            out.ids.extend(delta.token_ids)
-            arrivals.append(i)
-            if delta.finish_reason:
-                out.finish_reason = delta.finish_reason
-        return out
-
-    results = await asyncio.gather(*(one(i) for i in range(n)))
-    assert [len(r.ids) for r in results] == [length] * n
-    assert {r.finish_reason for r in results} == {"length"}
-    # Interleaved, not one after another: every trace had produced tokens before the first ended.
-    first_done = min(len(arrivals) - arrivals[::-1].index(i) - 1 for i in range(n))
-    assert set(arrivals[: first_done + 1]) == set(range(n))
-    assert len({tuple(r.ids) for r in results}) > 1  # each trace has its own seed
-    await settle(eos_free)
-
-
-async def test_a_parked_trace_keeps_exactly_the_tokens_produced(eos_free: VLLMBackend) -> None:
-    reference = await collect(eos_free, request(max_tokens=160, seed=11))
-    parked = await collect(eos_free, request(max_tokens=160, seed=11), park_at=10)
-    assert parked.finish_reason == "abort"
-    assert 10 <= len(parked.ids) < 160
-    # Exactly what the engine produced before the abort took effect: a prefix of the same seeded
-    # run left alone, with nothing invented, dropped or repeated.
-    assert parked.ids == reference.ids[: len(parked.ids)]
-    assert parked.after_abort <= 8  # engine slack; the benchmark measures its mean
-    await settle(eos_free)
-
-
-@pytest.mark.parametrize("path", ["bridged", "direct"])
-async def test_resume_continues_from_the_exact_ids(eos_free: VLLMBackend, path: str) -> None:
+async def test_direct_path_resumes_from_the_exact_ids(eos_free: VLLMBackend) -> None:
+    """Token-exact resume on the engine loop itself (bridged: the shared suite's resume test)."""
     total = 60
 
     async def scenario() -> tuple[Collected, Collected, Collected]:
@@ -149,65 +114,12 @@ async def test_resume_continues_from_the_exact_ids(eos_free: VLLMBackend, path: 
         )
         return whole, parked, resumed
 
-    if path == "direct":
-        whole, parked, resumed = await asyncio.to_thread(direct, scenario)
-    else:
-        whole, parked, resumed = await scenario()
+    whole, parked, resumed = await asyncio.to_thread(direct, scenario)
     assert len(set(whole.ids)) > 5  # a real sequence, not one token repeated
     assert parked.finish_reason == "abort" and 12 <= len(parked.ids) < total
     # The resumed stream does not re-emit the parked ids and continues exactly where they end.
     assert parked.ids + resumed.ids == whole.ids
     assert resumed.finish_reason == "length" and len(resumed.ids) == total - len(parked.ids)
-    await settle(eos_free)
-
-
-async def test_resume_at_the_token_budget_submits_nothing(eos_free: VLLMBackend) -> None:
-    out = await collect(eos_free, request(max_tokens=5, resume=(1, 2, 3, 4, 5)))
-    assert (out.ids, out.finish_reason) == ([], "length")
-
-
-async def test_an_abort_before_the_first_token_is_not_lost(eos_free: VLLMBackend) -> None:
-    req = request(max_tokens=400)
-    stream = eos_free.stream(req)
-    first = asyncio.ensure_future(stream.__anext__())
-    await asyncio.sleep(0)  # the stream is open but has not reached the engine yet
-    await eos_free.abort(req.request_id)
-    ids: list[int] = []
-    delta = await first
-    while True:
-        ids.extend(delta.token_ids)
-        if delta.finish_reason is not None:
-            break
-        delta = await stream.__anext__()
-    assert delta.finish_reason == "abort"
-    assert len(ids) < 20
-    await settle(eos_free)
-
-
-@pytest.mark.parametrize("how", ["aclose", "cancel"])
-async def test_a_stream_closed_or_cancelled_early_leaves_no_request(
-    eos_free: VLLMBackend, how: str
-) -> None:
-    stream = eos_free.stream(request(max_tokens=400))
-    if how == "aclose":
-        for _ in range(3):
-            await stream.__anext__()
-        await stream.aclose()
-        assert eos_free.live_requests() == set()  # aclose returns once the request is gone
-    else:
-
-        async def consume() -> None:
-            async for _ in stream:
-                pass
-
-        task = asyncio.ensure_future(consume())
-        deadline = time.monotonic() + 30
-        while not eos_free.live_requests() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert eos_free.live_requests()  # decoding
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
     await settle(eos_free)
 
 
@@ -222,14 +134,6 @@ def test_direct_path_parks_and_finishes_cleanly(eos_free: VLLMBackend) -> None:
     assert (len(done.ids), done.finish_reason) == (20, "length")
     assert parked.finish_reason == "abort" and parked.after_abort <= 8
     assert live == set()
-
-
-async def test_aborting_unknown_or_finished_requests_is_a_no_op(eos_free: VLLMBackend) -> None:
-    req = request(max_tokens=4)
-    await collect(eos_free, req)
-    await eos_free.abort(req.request_id)
-    await eos_free.abort("never-started")
-    await settle(eos_free)
 
 
 async def test_top_k_logprobs_per_token(tiny_model_dir: Path, vllm_backend: VLLMBackend) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,7 @@ from vllm_helpers import QUESTION
 from deepprune_lc import (
     DeepPrune,
     DeepPruneReasoner,
-    JudgeScores,
     LexicalJudge,
-    PrefixPair,
     PruningConfig,
     SamplingConfig,
     TokensPrefix,
@@ -27,15 +25,9 @@ from deepprune_lc import (
 from deepprune_lc.core.events import DeepPruneEvent, TraceStarted
 from deepprune_lc.core.ports import Prompt
 from deepprune_lc.runtime import resolve_backend
+from deepprune_lc.testing import ConstantJudge
 
 CHAT = [{"role": "user", "content": QUESTION}]
-
-
-class SameAnswerJudge:
-    """Puts every trace in one cluster (probability 1.0 for every pair)."""
-
-    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
-        return JudgeScores([1.0] * len(pairs))
 
 
 class Recording:
@@ -107,7 +99,7 @@ async def test_parked_traces_resume_token_exact_through_the_driver(eos_free: VLL
     recording = Recording(eos_free)
     runner = DeepPrune(
         recording,
-        SameAnswerJudge(),
+        ConstantJudge(1.0),  # every trace in one cluster
         PruningConfig(n_traces=6, prefix=TokensPrefix(k=8), finalists=3, max_judge_batch=1),
         sampling=sampling,
         answers="exact",
