@@ -49,11 +49,9 @@ async def test_judge_scores_pairs_on_the_shared_engine(
         return await judge.score(PAIRS)
 
     direct = run_sync(on_engine_loop())
-    assert len(bridged.probabilities) == len(PAIRS)
-    assert all(0.0 < p < 1.0 for p in bridged.probabilities)
+    assert all(0.0 < p < 1.0 for p in bridged.probabilities)  # strictly inside (suite: [0, 1])
     assert bridged.probabilities == pytest.approx(direct.probabilities)  # type: ignore[attr-defined]
     assert bridged.prefill_tokens > 0
-    assert (await judge.score([])).probabilities == []
     assert vllm_backend.live_requests() == set()
 
 
