@@ -1,11 +1,12 @@
 """Judges: implementations of ``deepprune_lc.core.ports.Judge``.
 
-Only the dependency-free lexical judge is imported here, so importing this package never loads a model.
-What every LLM judge shares, whichever engine runs it (settings, pair prompt, label tokens, P(yes),
-prefill count), is here too: ``deepprune_lc.judges.llm``.
+Only the dependency-free judges are imported here (lexical overlap, a constant baseline), so
+importing this package never loads a model. What every LLM judge shares, whichever engine runs it
+(settings, pair prompt, label tokens, P(yes), prefill count), is here too: ``deepprune_lc.judges.llm``.
 """
 
 from deepprune_lc.judges.common import logistic
+from deepprune_lc.judges.fixed import ConstantJudge
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.judges.llm import (
     ANSWER_CUE,
@@ -21,6 +22,7 @@ from deepprune_lc.judges.llm import (
 __all__ = [
     "ANSWER_CUE",
     "DEFAULT_JUDGE_TEMPLATE",
+    "ConstantJudge",
     "LLMJudgeSettings",
     "LabelTokenizer",
     "LexicalJudge",
