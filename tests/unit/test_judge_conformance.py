@@ -1,5 +1,6 @@
 """The shared judge contract (``deepprune_lc.testing.JudgeConformanceTests``) on the judges that ship
-in the core and on the fake judges, plus what the fakes themselves promise."""
+in the core, on the chat model's tracing wrapper and on the fake judges, plus what the fakes
+themselves promise."""
 
 from __future__ import annotations
 
@@ -48,6 +49,18 @@ class TestSlowJudgeConformance(JudgeConformanceTests):
     @pytest.fixture
     def judge(self) -> SlowJudge:
         return SlowJudge(0.001, LexicalJudge())
+
+
+class TestTracedJudgeConformance(JudgeConformanceTests):
+    """The wrapper every judge of the chat model goes through (its calls become child runs)."""
+
+    @pytest.fixture
+    def judge(self) -> Judge:
+        from langchain_core.callbacks import AsyncCallbackManager
+
+        from deepprune_lc.langchain.callbacks import TracedJudge
+
+        return TracedJudge(LexicalJudge(), AsyncCallbackManager(handlers=[]), "lexical")
 
 
 # -- the suite catches broken judges ----------------------------------------------------------------
