@@ -187,7 +187,8 @@ class TransformersBackend:
             await asyncio.get_running_loop().run_in_executor(self._worker(), self._load)
 
     async def aclose(self) -> None:
-        """``Lifecycle``: ``close`` from a coroutine (waits for the worker off the loop)."""
+        """``Lifecycle``: ``close`` from a coroutine, on the loop the backend streams on, once its
+        streams have ended (the wait for the worker thread runs off the loop)."""
         executor = self._detach()
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
