@@ -7,6 +7,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from deepprune_lc.core.result import DeepPruneResult
 
+__all__ = [
+    "BackendDeadError",
+    "BackendError",
+    "DeepPruneError",
+    "GenerationError",
+    "JudgeError",
+]
+
 
 class DeepPruneError(RuntimeError):
     """A run could not complete.

@@ -18,6 +18,18 @@ from typing import Literal, Protocol, runtime_checkable
 
 from deepprune_lc.core.config import SamplingConfig
 
+__all__ = [
+    "FinishReason",
+    "GenerationBackend",
+    "Judge",
+    "JudgeScores",
+    "Lifecycle",
+    "PrefixPair",
+    "Prompt",
+    "TraceDelta",
+    "TraceRequest",
+]
+
 #: A prompt is either plain text or chat messages ``[{"role": ..., "content": ...}, ...]``; backends
 #: that serve chat models apply the model's chat template to the latter.
 Prompt = str | Sequence[dict[str, str]]

@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from deepprune_lc.core import BackendDeadError, BackendError
-from deepprune_lc.runtime.loop import background_loop
+from deepprune_lc.runtime import background_loop
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM

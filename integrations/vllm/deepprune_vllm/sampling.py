@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from deepprune_lc.core.config import SamplingConfig
+from deepprune_lc.core import SamplingConfig
 from deepprune_vllm.engine import _unknown_names_message
 
 if TYPE_CHECKING:
