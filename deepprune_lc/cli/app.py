@@ -35,6 +35,12 @@ from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.runtime.runner import DeepPrune
 
+__all__ = [
+    "app",
+    "demo_questions",
+    "print_result",
+]
+
 app = typer.Typer(
     add_completion=False, help="DeepPrune: parallel reasoning without redundant traces."
 )

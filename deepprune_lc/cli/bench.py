@@ -35,6 +35,13 @@ from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency,
 # Accuracy / tokens sweep on a replayed pool
 
 
+__all__ = [
+    "SweepRow",
+    "driver_overhead",
+    "replay_sweep",
+]
+
+
 @dataclass
 class SweepRow:
     method: str

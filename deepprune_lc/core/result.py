@@ -15,6 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field
 # on typing_extensions).
 from typing_extensions import TypedDict
 
+__all__ = [
+    "TERMINAL_STATUSES",
+    "ClusterReport",
+    "DeepPruneResult",
+    "RunSummary",
+    "RunTotals",
+    "SummaryVote",
+    "TraceReport",
+    "TraceStatus",
+    "VoteGroup",
+]
+
 TraceStatus = Literal["running", "parked", "finished", "pruned", "aborted"]
 #: Statuses a trace can end a run in. ``parked`` and ``running`` only exist mid-run.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"finished", "pruned", "aborted"})

@@ -48,6 +48,15 @@ from deepprune_lc.core.events import (
 )
 from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair
 
+__all__ = [
+    "EVENT_TYPES_BY_NAME",
+    "NOSTREAM_TAG",
+    "DeepPruneCallbackHandler",
+    "EventBridge",
+    "TracedJudge",
+    "child_manager",
+]
+
 EVENT_TYPES_BY_NAME: dict[str, type[DeepPruneEvent]] = {t.name: t for t in ALL_EVENT_TYPES}
 #: Tag on the judge's child runs, inherited by every model call a judge makes: streaming consumers
 #: that honour it (LangGraph's "messages" stream) leave those calls' tokens out, since a judge's

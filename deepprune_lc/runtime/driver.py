@@ -58,6 +58,8 @@ from deepprune_lc.core.result import (
     TraceReport,
 )
 
+__all__ = ["ABORT_GRACE_S", "ABORT_SLACK_TOKENS", "Driver", "iterate_events", "validate_prompt"]
+
 #: How long to wait for aborted streams to end before giving up on them (they are cancelled then).
 ABORT_GRACE_S = 10.0
 #: Tokens a stream may still deliver after its abort call before the driver closes it itself. Covers

@@ -24,7 +24,6 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +32,13 @@ from deepprune_transformers.testing import build_tiny_qwen2
 
 from deepprune_lc import (
     DeepPrune,
-    JudgeScores,
+    DeepPruneResult,
     PruningConfig,
     SamplingConfig,
     SelfConsistency,
     TokensPrefix,
 )
-from deepprune_lc.core.ports import PrefixPair
-from deepprune_lc.core.result import DeepPruneResult
+from deepprune_lc.judges import ConstantJudge
 
 N_TRACES = 32
 MAX_TOKENS = 256
@@ -53,13 +51,6 @@ PROMPT = [
         "did she sell? Think step by step.",
     }
 ]
-
-
-class OneClusterJudge:
-    """Says every pair of traces ends in the same answer, so every trace joins cluster 0."""
-
-    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
-        return JudgeScores([1.0] * len(pairs))
 
 
 @dataclass
@@ -87,7 +78,8 @@ async def _one_pair(backend: TransformersBackend, sampling: SamplingConfig, seed
         finalists=FINALISTS,
         seed=seed,
     )
-    deepprune = DeepPrune(backend, OneClusterJudge(), config, sampling=sampling)
+    one_cluster = ConstantJudge(1.0)  # every trace joins cluster 0
+    deepprune = DeepPrune(backend, one_cluster, config, sampling=sampling)
 
     backend.reset_stats()
     t0 = time.perf_counter()

@@ -57,18 +57,6 @@ class Sample:
     statuses: dict[str, int] = field(default_factory=dict)
 
 
-class ConstantJudge:
-    """Scores every pair with one probability: 1.0 = one cluster, 0.0 = every trace its own."""
-
-    def __init__(self, probability: float) -> None:
-        self.probability = probability
-
-    async def score(self, pairs: Sequence[Any]) -> Any:
-        from deepprune_lc import JudgeScores
-
-        return JudgeScores([self.probability] * len(pairs))
-
-
 def _sample_from_result(result: Any, wall_s: float) -> Sample:
     statuses: dict[str, int] = {}
     for trace in result.traces:
@@ -87,6 +75,7 @@ def build_runs(backend: Any) -> dict[str, Callable[[], Coroutine[Any, Any, Sampl
     from deepprune_vllm.sampling import build_sampling_params
 
     from deepprune_lc import DeepPrune, PruningConfig, SamplingConfig, SelfConsistency, TokensPrefix
+    from deepprune_lc.judges import ConstantJudge
 
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=NEW_TOKENS)
     prefix = TokensPrefix(k=PREFIX_TOKENS)
