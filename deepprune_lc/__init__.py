@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         BackendDeadError,
         BackendError,
         DeepPruneError,
+        DeepPruneTimeoutError,
         GenerationError,
         JudgeError,
     )
@@ -74,6 +75,7 @@ _EXPORTS: dict[str, str] = {
     "BackendDeadError": "deepprune_lc.core.errors",
     "BackendError": "deepprune_lc.core.errors",
     "DeepPruneError": "deepprune_lc.core.errors",
+    "DeepPruneTimeoutError": "deepprune_lc.core.errors",
     "GenerationError": "deepprune_lc.core.errors",
     "JudgeError": "deepprune_lc.core.errors",
     "DeepPruneEvent": "deepprune_lc.core.events",
@@ -110,6 +112,7 @@ __all__ = [
     "DeepPruneEvent",
     "DeepPruneReasoner",
     "DeepPruneResult",
+    "DeepPruneTimeoutError",
     "EarlyStoppingConfig",
     "EarlyStoppingSelfConsistency",
     "FinishReason",

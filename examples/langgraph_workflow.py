@@ -24,7 +24,7 @@ from deepprune_lc.demo import load_demo_pool
 
 # The embedded traces are short, so the judge reads 40-token prefixes.
 PRUNING = PruningConfig(n_traces=8, prefix=TokensPrefix(k=40), finalists=3)
-LIVE = {"deepprune.trace_clustered", "deepprune.trace_pruned", "deepprune.vote"}
+LIVE = {"deepprune.trace_clustered", "deepprune.trace_parked", "deepprune.vote"}
 
 
 def report(state: DeepPruneState) -> dict[str, Any]:
@@ -54,8 +54,8 @@ def show_event(chunk: dict[str, Any]) -> None:
     if name == "deepprune.trace_clustered":
         how = "founded" if data["founded"] else f"joined (score {data['score']:.2f})"
         print(f"    trace {data['trace_id']} {how} cluster {data['cluster_id']}")
-    elif name == "deepprune.trace_pruned":
-        print(f"    trace {data['trace_id']} pruned after {data['tokens_decoded']} tokens")
+    elif name == "deepprune.trace_parked":
+        print(f"    trace {data['trace_id']} parked after {data['tokens_decoded']} tokens")
     elif name == "deepprune.vote":
         print(f"    vote: {data['votes']}")
     elif name == "deepprune.escalated":

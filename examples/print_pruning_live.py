@@ -1,7 +1,7 @@
 """Print every pruning decision as it happens, with a typed LangChain callback handler.
 
 ``DeepPruneCallbackHandler`` turns the reasoner's custom events into typed method calls
-(``on_trace_pruned(event: TracePruned, run_id=...)``, ...): override the ones you need and pass the
+(``on_trace_parked(event: TraceParked, run_id=...)``, ...): override the ones you need and pass the
 handler like any LangChain callback, per call or in the constructor.
 
 Run: .venv/bin/python examples/print_pruning_live.py   (offline: the embedded trace pool)
@@ -17,6 +17,7 @@ from deepprune_lc.core.events import (
     TraceAborted,
     TraceClustered,
     TraceFinished,
+    TraceParked,
     TracePruned,
     TraceResumed,
     VoteCounted,
@@ -41,11 +42,14 @@ class PrintPruning(DeepPruneCallbackHandler):
                 f"cluster now {event.cluster_size})",
             )
 
-    def on_trace_pruned(self, event: TracePruned, *, run_id: UUID) -> None:
+    def on_trace_parked(self, event: TraceParked, *, run_id: UUID) -> None:
         self._say(
             event.elapsed_s,
-            f"trace {event.trace_id} PRUNED after {event.tokens_decoded} tokens (redundant)",
+            f"trace {event.trace_id} PARKED after {event.tokens_decoded} tokens (redundant)",
         )
+
+    def on_trace_pruned(self, event: TracePruned, *, run_id: UUID) -> None:
+        self._say(event.elapsed_s, f"trace {event.trace_id} pruned: it will not be resumed")
 
     def on_trace_resumed(self, event: TraceResumed, *, run_id: UUID) -> None:
         self._say(event.elapsed_s, f"trace {event.trace_id} resumed as a finalist")

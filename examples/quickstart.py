@@ -27,7 +27,7 @@ async def main() -> None:
 
     print(f"\nQ: {second.problem}")
     async for event in deepprune.stream(second.problem):
-        if event.name in {"deepprune.trace_pruned", "deepprune.trace_resumed", "deepprune.vote"}:
+        if event.name in {"deepprune.trace_parked", "deepprune.trace_resumed", "deepprune.vote"}:
             print(f"  {event.name}: {event.payload()}")
 
 

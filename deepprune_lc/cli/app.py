@@ -27,7 +27,7 @@ from deepprune_lc.core.events import (
     TraceAborted,
     TraceClustered,
     TraceFinished,
-    TracePruned,
+    TraceParked,
     TraceResumed,
 )
 from deepprune_lc.core.ports import Lifecycle
@@ -85,9 +85,11 @@ def _live_printer(event: DeepPruneEvent) -> None:
         how = "founded" if event.founded else ("forced into" if event.forced else "joined")
         score = "" if event.score is None else f" (score {event.score:.2f})"
         console.print(f"{t} trace {event.trace_id:>2} {how} cluster {event.cluster_id}{score}")
-    elif isinstance(event, TracePruned):
+    elif isinstance(event, TraceParked):
+        # Stopped as redundant; it may still be resumed as a finalist (then "resumed" follows).
         console.print(
-            f"{t} trace {event.trace_id:>2} [yellow]pruned[/yellow] after {event.tokens_decoded} tokens"
+            f"{t} trace {event.trace_id:>2} [yellow]pruned[/yellow] after "
+            f"{event.tokens_decoded} tokens"
         )
     elif isinstance(event, TraceResumed):
         console.print(f"{t} trace {event.trace_id:>2} [cyan]resumed[/cyan] as a finalist")

@@ -18,6 +18,7 @@ from deepprune_lc.core.errors import (
     BackendDeadError,
     BackendError,
     DeepPruneError,
+    DeepPruneTimeoutError,
     GenerationError,
     JudgeError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "DeepPruneError",
     "DeepPruneEvent",
     "DeepPruneResult",
+    "DeepPruneTimeoutError",
     "EarlyStoppingConfig",
     "FinishReason",
     "GenerationBackend",

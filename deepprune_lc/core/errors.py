@@ -11,6 +11,7 @@ __all__ = [
     "BackendDeadError",
     "BackendError",
     "DeepPruneError",
+    "DeepPruneTimeoutError",
     "GenerationError",
     "JudgeError",
 ]
@@ -52,3 +53,13 @@ class BackendDeadError(BackendError):
 
 class JudgeError(DeepPruneError):
     """The judge failed and the run was configured with ``on_judge_error="raise"``."""
+
+
+class DeepPruneTimeoutError(DeepPruneError, TimeoutError):
+    """The run's deadline passed before any trace finished, so there is nothing to answer with.
+
+    A ``TimeoutError`` too, so code that handles timeouts generically (LangChain's ``with_retry``
+    and ``with_fallbacks``, ``asyncio`` callers) treats it like any client timeout. ``partial_result``
+    carries every trace's tokens. A deadline that leaves finished traces is not an error: they vote,
+    and the result is flagged ``fallback="deadline"``.
+    """

@@ -24,6 +24,7 @@ __all__ = [
     "TraceAborted",
     "TraceClustered",
     "TraceFinished",
+    "TraceParked",
     "TracePruned",
     "TraceResumed",
     "TraceStarted",
@@ -79,8 +80,22 @@ class TraceClustered(DeepPruneEvent):
     forced: bool = False  # joined because max_clusters was reached, not because score > tau
 
 
+class TraceParked(DeepPruneEvent):
+    """The trace was judged redundant and parked: decoding stops, its tokens are kept, and it may
+    still be resumed as a finalist. ``tokens_decoded`` is the count when the park was decided."""
+
+    name: ClassVar[str] = "deepprune.trace_parked"
+    trace_id: int
+    cluster_id: int
+    tokens_decoded: int
+
+
 class TracePruned(DeepPruneEvent):
-    """The trace was judged redundant and parked: decoding stopped, its tokens kept for a resume."""
+    """The trace ended pruned: it was parked and the run finished without resuming it.
+
+    Sent once its stream has really ended, so ``tokens_decoded`` is final: the terminal events
+    (``TraceFinished``, ``TracePruned``, ``TraceAborted``) of a run add up to its decoded tokens.
+    """
 
     name: ClassVar[str] = "deepprune.trace_pruned"
     trace_id: int
@@ -96,6 +111,9 @@ class TraceResumed(DeepPruneEvent):
 
 
 class TraceAborted(DeepPruneEvent):
+    """The trace was stopped for good (``reason``); sent once its stream has ended, with the final
+    ``tokens_decoded`` (tokens the engine delivered after the abort included)."""
+
     name: ClassVar[str] = "deepprune.trace_aborted"
     trace_id: int
     reason: str
@@ -103,6 +121,8 @@ class TraceAborted(DeepPruneEvent):
 
 
 class TraceFinished(DeepPruneEvent):
+    """The trace's stream ended on its own and the trace votes if it is a finalist."""
+
     name: ClassVar[str] = "deepprune.trace_finished"
     trace_id: int
     answer: str | None
@@ -129,6 +149,7 @@ ALL_EVENT_TYPES: tuple[type[DeepPruneEvent], ...] = (
     PrefixReached,
     JudgeScored,
     TraceClustered,
+    TraceParked,
     TracePruned,
     TraceResumed,
     TraceAborted,

@@ -31,6 +31,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 
 from deepprune_lc.core.answers import AnswerRules
 from deepprune_lc.core.config import PruningConfig, SamplingConfig
+from deepprune_lc.core.errors import DeepPruneTimeoutError
 from deepprune_lc.core.ports import GenerationBackend, Judge
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.langchain.callbacks import (
@@ -305,9 +306,10 @@ class DeepPruneReasoner(BaseChatModel):
             runner.backend, judge, runner.config, sampling=sampling, answers=runner.answers
         )
         try:
-            return await call.run(prompt, listeners=[bridge])
+            result = await call.run(prompt, listeners=[bridge])
         finally:
             await bridge.aclose()
+        return _answer_or_timeout(result, call.config.deadline_s)
 
     def _message(self, result: DeepPruneResult, chunk: bool = False) -> AIMessage:
         text = result.text or ""
@@ -414,6 +416,25 @@ class DeepPruneReasoner(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         result = run_sync(self.arun(messages, stop=stop, run_manager=run_manager, **kwargs))
         yield ChatGenerationChunk(message=self._message(result, chunk=True))
+
+
+def _answer_or_timeout(result: DeepPruneResult, deadline_s: float | None) -> DeepPruneResult:
+    """A chat model answers or raises, like ChatOpenAI: never an empty message for a timeout.
+
+    When the deadline passed with no trace finished there is nothing to answer with, so this raises
+    ``DeepPruneTimeoutError`` (a ``TimeoutError``, which ``with_retry`` and ``with_fallbacks``
+    act on) with the partial result. Finished traces at the deadline do vote: that answer is
+    returned, flagged ``fallback="deadline"`` in the summary.
+    """
+    if result.fallback == "deadline" and result.text is None:
+        decoded = result.totals.decoded_tokens
+        raise DeepPruneTimeoutError(
+            f"the run's deadline ({deadline_s} s) passed before any of its "
+            f"{len(result.traces)} traces finished ({decoded} tokens decoded); raise `timeout` "
+            "(pruning.deadline_s) or lower max_tokens",
+            partial_result=result,
+        )
+    return result
 
 
 __all__ = ["DeepPruneReasoner"]

@@ -45,6 +45,7 @@ from deepprune_lc.core.events import (
     TraceAborted,
     TraceClustered,
     TraceFinished,
+    TraceParked,
     TracePruned,
     TraceResumed,
     TraceStarted,
@@ -107,6 +108,10 @@ class _TraceRun:
     prefix_tokens: int | None = None
     clustered_at_s: float | None = None
     finish_reason: str | None = None
+    #: The terminal event (aborted, pruned) decided but held until the trace's stream has ended,
+    #: so that it carries the final token count; ``ended`` once a terminal event was sent.
+    end_event: tuple[type[DeepPruneEvent], dict[str, object]] | None = None
+    ended: bool = False
 
     @property
     def text(self) -> str:
@@ -221,25 +226,65 @@ class Driver:
             elif isinstance(action, ParkTrace):
                 self._stop(action.trace_id)
                 self._emit(
-                    TracePruned,
+                    TraceParked,
                     trace_id=action.trace_id,
                     cluster_id=action.cluster_id,
                     tokens_decoded=len(self.traces[action.trace_id].token_ids),
                 )
             elif isinstance(action, AbortTrace):
                 self._stop(action.trace_id)
-                self._emit(
-                    TraceAborted,
-                    trace_id=action.trace_id,
-                    reason=action.reason,
-                    tokens_decoded=len(self.traces[action.trace_id].token_ids),
+                self._end_when_stopped(
+                    self.traces[action.trace_id], TraceAborted, {"reason": action.reason}
                 )
             elif isinstance(action, ResumeTrace):
                 self._start(action.trace_id, resume=True, cluster_id=action.cluster_id)
             elif isinstance(action, FailRun):
                 self._fail(JudgeError(action.reason))
             elif isinstance(action, RunDone):
+                self._settle_pruned()
                 self._done.set()
+
+    # ------------------------------------------------------------------------------------------
+    # Terminal events: one per trace, sent once its stream has ended, with its final token count
+
+    def _settle_pruned(self) -> None:
+        """Parked traces the run ended without resuming are pruned: report each one once."""
+        for trace in self.traces:
+            if trace.ended or trace.end_event is not None:
+                continue
+            view = self.controller.trace_view(trace.trace_id)
+            if view.status == "pruned":
+                cluster_id = view.cluster_id if view.cluster_id is not None else -1
+                self._end_when_stopped(trace, TracePruned, {"cluster_id": cluster_id})
+
+    def _end_when_stopped(
+        self, trace: _TraceRun, event_type: type[DeepPruneEvent], fields: dict[str, object]
+    ) -> None:
+        if trace.ended:
+            return
+        trace.end_event = (event_type, fields)
+        task = trace.task
+        if not trace.stream_open and (
+            task is None or task.done() or task is asyncio.current_task()
+        ):
+            self._flush_end(trace)
+
+    def _flush_end(self, trace: _TraceRun) -> None:
+        if trace.end_event is None or trace.ended:
+            return
+        event_type, fields = trace.end_event
+        trace.end_event, trace.ended = None, True
+        self._emit(
+            event_type, trace_id=trace.trace_id, tokens_decoded=len(trace.token_ids), **fields
+        )
+
+    async def _run_trace(self, trace: _TraceRun, coro: Coroutine[object, object, None]) -> None:
+        try:
+            await coro
+        finally:
+            # The stream has ended (or never started): a terminal event held for it goes out now.
+            if trace.task is asyncio.current_task():
+                self._flush_end(trace)
 
     def _start(self, trace_id: int, *, resume: bool, cluster_id: int = -1) -> None:
         trace = self.traces[trace_id]
@@ -251,7 +296,10 @@ class Driver:
         trace.stop_before_start = False
         trace.task = asyncio.get_running_loop().create_task(
             self._guarded(
-                self._consume(trace, resume=resume, cluster_id=cluster_id, previous=previous)
+                self._run_trace(
+                    trace,
+                    self._consume(trace, resume=resume, cluster_id=cluster_id, previous=previous),
+                )
             ),
             name=f"{self.run_id}-trace-{trace_id}",
         )
@@ -410,13 +458,16 @@ class Driver:
         if trace.monitor is not None and trace.monitor.active:
             self._on_signals(trace, trace.monitor.close())
         actions = self.controller.on_finished(trace.trace_id, trace.text, trace.finish_reason)
-        self._emit(
-            TraceFinished,
-            trace_id=trace.trace_id,
-            answer=self.controller.answer_of(trace.trace_id),
-            finish_reason=trace.finish_reason,
-            tokens_decoded=len(trace.token_ids),
-        )
+        if self.controller.trace_view(trace.trace_id).status == "finished":
+            trace.ended = True
+            self._emit(
+                TraceFinished,
+                trace_id=trace.trace_id,
+                answer=self.controller.answer_of(trace.trace_id),
+                finish_reason=trace.finish_reason,
+                tokens_decoded=len(trace.token_ids),
+            )
+        # else: it had already been stopped (a race with its abort); its held event says so.
         self._execute(actions)
 
     # ------------------------------------------------------------------------------------------
@@ -464,6 +515,7 @@ class Driver:
         """Ask the controller to stop every trace; if even that fails, stop every stream directly."""
         try:
             self._execute(self.controller.abort_all(reason))
+            self._settle_pruned()
         except Exception:
             _log.exception("run %s: the controller failed to abort its traces", self.run_id)
             for trace in self.traces:
@@ -486,6 +538,10 @@ class Driver:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        # Every stream has ended: terminal events still held (cancelled tasks) go out, final.
+        self._settle_pruned()
+        for trace in self.traces:
+            self._flush_end(trace)
 
     # ------------------------------------------------------------------------------------------
     # Events and results

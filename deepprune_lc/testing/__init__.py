@@ -35,6 +35,7 @@ from deepprune_lc.testing.fakes import (  # noqa: E402
     FailingJudge,
     ScriptedJudge,
     SlowJudge,
+    StallingBackend,
 )
 from deepprune_lc.testing.judge_suite import JudgeConformanceTests  # noqa: E402
 
@@ -49,6 +50,7 @@ __all__ = [
     "JudgeConformanceTests",
     "ScriptedJudge",
     "SlowJudge",
+    "StallingBackend",
     "StreamRecord",
     "SuiteCapabilities",
     "UnitSuiteSettings",

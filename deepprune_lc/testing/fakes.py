@@ -37,6 +37,7 @@ __all__ = [
     "FailingJudge",
     "ScriptedJudge",
     "SlowJudge",
+    "StallingBackend",
 ]
 
 
@@ -205,6 +206,49 @@ class DeafBackend:
 
     async def abort(self, request_id: str) -> None:
         self.abort_calls.append(request_id)
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        return self.inner.count_prompt_tokens(prompt)
+
+
+class StallingBackend:
+    """Wraps a backend; the traces in ``stalled`` stop producing after ``after`` tokens and hang
+    until aborted (a stuck engine stream), then end with ``finish_reason="abort"``.
+
+    Every other trace streams from ``inner`` unchanged, so a run has some finished traces and some
+    that can only end by the deadline, deterministically.
+    """
+
+    def __init__(self, inner: GenerationBackend, stalled: set[int], after: int = 0) -> None:
+        self.inner = inner
+        self.stalled = set(stalled)
+        self.after = after
+        self._aborted: dict[str, asyncio.Event] = {}
+
+    def stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        """``inner``'s stream, stalled for the chosen traces (closing it closes ``inner``'s)."""
+        return self._stream(request)
+
+    async def _stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        aborted = self._aborted.setdefault(request.request_id, asyncio.Event())
+        count = 0
+        try:
+            async with contextlib.aclosing(_closable(self.inner.stream(request))) as deltas:
+                async for delta in deltas:
+                    if request.trace_index in self.stalled and count >= self.after:
+                        await aborted.wait()
+                        yield TraceDelta(token_ids=(), text="", finish_reason="abort")
+                        return
+                    count += 1
+                    yield delta
+        finally:
+            self._aborted.pop(request.request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        event = self._aborted.get(request_id)
+        if event is not None:
+            event.set()
+        await self.inner.abort(request_id)
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         return self.inner.count_prompt_tokens(prompt)

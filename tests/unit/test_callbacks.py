@@ -34,6 +34,7 @@ from deepprune_lc.core.events import (
     TraceAborted,
     TraceClustered,
     TraceFinished,
+    TraceParked,
     TracePruned,
     TraceResumed,
     TraceStarted,
@@ -74,6 +75,7 @@ class Recorder(DeepPruneCallbackHandler):
     on_prefix_reached = _record
     on_judge_scored = _record
     on_trace_clustered = _record
+    on_trace_parked = _record
     on_trace_pruned = _record
     on_trace_resumed = _record
     on_trace_aborted = _record
@@ -135,13 +137,19 @@ def check_typed_events(recorder: Recorder, answer: str) -> None:
     }
     assert sum(e.founded for e in clustered) == len(result.clusters)
 
-    pruned = recorder.of(TracePruned)
-    assert pruned, "the demo configuration prunes"
+    parked = recorder.of(TraceParked)
+    assert parked, "the demo configuration prunes"
     resumed = recorder.of(TraceResumed)
-    assert {e.trace_id for e in resumed} <= {e.trace_id for e in pruned}
+    assert {e.trace_id for e in resumed} <= {e.trace_id for e in parked}
     final_status = {t.trace_id: t.status for t in result.traces}
-    for event in pruned:
+    for event in parked:
         assert final_status[event.trace_id] in {"pruned", "aborted", "finished"}
+    # One terminal event per trace, each with its final token count.
+    pruned = recorder.of(TracePruned)
+    assert {e.trace_id for e in pruned} == {t for t, s in final_status.items() if s == "pruned"}
+    terminal = [*pruned, *recorder.of(TraceAborted), *recorder.of(TraceFinished)]
+    assert sorted(e.trace_id for e in terminal) == sorted(final_status)
+    assert sum(e.tokens_decoded for e in terminal) == result.totals.decoded_tokens
     assert {e.trace_id for e in recorder.of(TraceAborted)} == {
         t for t, s in final_status.items() if s == "aborted"
     }

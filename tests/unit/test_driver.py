@@ -24,7 +24,13 @@ from deepprune_lc import (
     TraceRequest,
 )
 from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
-from deepprune_lc.core.events import RunCompleted, TraceClustered, TracePruned, TraceResumed
+from deepprune_lc.core.events import (
+    RunCompleted,
+    TraceClustered,
+    TraceParked,
+    TracePruned,
+    TraceResumed,
+)
 from deepprune_lc.testing import ConstantJudge, FailingJudge
 
 QUESTION = "What is 6 times 7?"
@@ -156,9 +162,10 @@ async def test_parked_traces_resume_token_exact(backend: ReplayBackend) -> None:
     result = await DeepPrune(
         backend, ConstantJudge(1.0, prefill_tokens_per_pair=10), config, answers="exact"
     ).run(QUESTION, listeners=[events.append])
-    pruned = {e.trace_id for e in events if isinstance(e, TracePruned)}
+    parked = {e.trace_id for e in events if isinstance(e, TraceParked)}
     resumed = {e.trace_id for e in events if isinstance(e, TraceResumed)}
-    assert pruned and pruned == resumed
+    assert parked and parked == resumed
+    assert not any(isinstance(e, TracePruned) for e in events)  # every parked trace resumed
     assert len(result.clusters) == 1
     members = set(result.clusters[0].members)
     for report in result.traces:

@@ -31,6 +31,7 @@ EXPECTED_ALL = [
     "DeepPruneEvent",
     "DeepPruneReasoner",
     "DeepPruneResult",
+    "DeepPruneTimeoutError",
     "EarlyStoppingConfig",
     "EarlyStoppingSelfConsistency",
     "FinishReason",
