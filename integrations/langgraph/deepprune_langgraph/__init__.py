@@ -6,8 +6,9 @@
   ``on_error="record"`` keeps a failed run's partial summary in the state.
 - ``StreamWriterCallbackHandler`` / ``with_stream_writer(config, writer)``: the same custom-stream
   events for a hand-written node that calls the reasoner itself.
-- ``DeepPruneState``: ``MessagesState`` plus the run summary (``RecordedSummary``) and the
-  escalating graph's fields.
+- ``DeepPruneState``: ``MessagesState`` plus the latest run summary (``RecordedSummary``), the log
+  of every run (``DeepPruneRun``), both with reducers so DeepPrune nodes run in parallel branches
+  and ``Send`` fan-out, and the escalating graph's fields.
 - ``create_escalating_graph(model, ...)``: answer, and when the traces' vote is weak, escalate (more
   traces, a stronger model, or a clarifying question).
 """
@@ -27,7 +28,16 @@ from deepprune_langgraph.node import (
     create_deepprune_node,
     with_stream_writer,
 )
-from deepprune_langgraph.state import Attempt, DeepPruneState, Escalation, RecordedSummary, Route
+from deepprune_langgraph.state import (
+    Attempt,
+    DeepPruneRun,
+    DeepPruneState,
+    Escalation,
+    RecordedSummary,
+    Route,
+    append_runs,
+    keep_last,
+)
 
 try:
     __version__ = importlib.metadata.version("deepprune-langgraph")
@@ -38,6 +48,7 @@ __all__ = [
     "ESCALATED_EVENT",
     "Attempt",
     "DeepPruneNode",
+    "DeepPruneRun",
     "DeepPruneState",
     "Escalation",
     "OnError",
@@ -45,9 +56,11 @@ __all__ = [
     "Route",
     "StreamWriterCallbackHandler",
     "__version__",
+    "append_runs",
     "create_deepprune_node",
     "create_escalating_graph",
     "default_clarification",
+    "keep_last",
     "vote_support",
     "with_stream_writer",
 ]

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast, get_args
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import merge_configs
 
@@ -44,7 +44,7 @@ from langchain_core.runnables.config import merge_configs
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.types import StreamWriter
 
-from deepprune_langgraph.state import RecordedSummary
+from deepprune_langgraph.state import DeepPruneRun, RecordedSummary
 from deepprune_lc import DeepPruneError, DeepPruneReasoner, RunSummary
 
 #: What the node does when the run fails with a ``DeepPruneError``: ``"raise"`` it (the graph run
@@ -157,14 +157,28 @@ def _check_key(name: str, value: object) -> str:
     return value
 
 
+def _question(messages: Sequence[BaseMessage]) -> str | None:
+    """The text of the conversation's last user message: the question a run answered."""
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            return message.text
+    return None
+
+
 class DeepPruneNode(RunnableCallable):
     """A LangGraph node that answers a conversation with a ``DeepPruneReasoner``.
 
     Input: a graph state holding the conversation under ``messages_key`` (a mapping such as
     ``DeepPruneState``, or an object with that attribute, such as a pydantic state), or the
     conversation itself as a list of messages. Output: the state update
-    ``{messages_key: [answer], summary_key: summary}``, the reasoner's ``AIMessage`` (appended by an
-    ``add_messages`` reducer) and ``DeepPruneResult.summary()`` of its run.
+    ``{messages_key: [answer], summary_key: summary, runs_key: [run]}``, the reasoner's
+    ``AIMessage`` (appended by an ``add_messages`` reducer), ``DeepPruneResult.summary()`` of its
+    run, and a ``DeepPruneRun`` (question, answer message id, summary) for the run log.
+
+    Several DeepPrune runs may end in one graph step (parallel branches; ``Send`` fan-out of many
+    questions into one node): ``DeepPruneState`` gives ``summary_key`` and ``runs_key`` reducers,
+    so ``state["deepprune"]`` is the latest summary and ``state["deepprune_runs"]`` has them all,
+    each naming its question and its answer's message id. ``runs_key=None`` writes no log.
 
     ``on_error`` decides what a failed run (a ``DeepPruneError``: the backend or, with
     ``on_judge_error="raise"``, the judge failed) does to the graph:
@@ -189,6 +203,7 @@ class DeepPruneNode(RunnableCallable):
         summary_key: str = "deepprune",
         name: str = "deepprune",
         on_error: OnError = "raise",
+        runs_key: str | None = "deepprune_runs",
     ) -> None:
         if not isinstance(model, DeepPruneReasoner):
             raise TypeError(
@@ -199,6 +214,12 @@ class DeepPruneNode(RunnableCallable):
         summary_key = _check_key("summary_key", summary_key)
         if messages_key == summary_key:
             raise ValueError(f"messages_key and summary_key must differ, both are {messages_key!r}")
+        if runs_key is not None:
+            runs_key = _check_key("runs_key", runs_key)
+            if runs_key in (messages_key, summary_key):
+                raise ValueError(
+                    f"runs_key must differ from messages_key and summary_key, got {runs_key!r}"
+                )
         if on_error not in get_args(OnError):
             raise ValueError(f"on_error: expected one of {get_args(OnError)}, got {on_error!r}")
         # trace=False, as for LangGraph's own nodes: in a graph the node's task is the chain run,
@@ -209,6 +230,7 @@ class DeepPruneNode(RunnableCallable):
         self.model = model
         self.messages_key = messages_key
         self.summary_key = summary_key
+        self.runs_key = runs_key
         self.on_error: OnError = on_error
 
     def _answer(
@@ -218,8 +240,8 @@ class DeepPruneNode(RunnableCallable):
         try:
             message = invoke_model(self.model, messages, config, writer)
         except DeepPruneError as error:
-            return self._failed(error)
-        return self._answered(message)
+            return self._failed(error, messages, config)
+        return self._answered(message, messages, config)
 
     async def _aanswer(
         self, input: object, config: RunnableConfig, writer: StreamWriter
@@ -228,13 +250,25 @@ class DeepPruneNode(RunnableCallable):
         try:
             message = await ainvoke_model(self.model, messages, config, writer)
         except DeepPruneError as error:
-            return self._failed(error)
-        return self._answered(message)
+            return self._failed(error, messages, config)
+        return self._answered(message, messages, config)
 
-    def _answered(self, message: AIMessage) -> dict[str, Any]:
-        return {self.messages_key: [message], self.summary_key: run_summary(message)}
+    def _answered(
+        self, message: AIMessage, messages: list[BaseMessage], config: RunnableConfig
+    ) -> dict[str, Any]:
+        if message.id is None:
+            # The run log names the answer by id; add_messages would give it one only later.
+            message = message.model_copy(update={"id": str(uuid4())})
+        summary = run_summary(message)
+        update: dict[str, Any] = {self.messages_key: [message], self.summary_key: summary}
+        if self.runs_key is not None and summary is not None:
+            recorded = cast(RecordedSummary, summary)  # a RunSummary without an error
+            update[self.runs_key] = [self._run(config, messages, message.id, recorded)]
+        return update
 
-    def _failed(self, error: DeepPruneError) -> dict[str, Any]:
+    def _failed(
+        self, error: DeepPruneError, messages: list[BaseMessage], config: RunnableConfig
+    ) -> dict[str, Any]:
         """The ``on_error`` policy. Without a partial result there is nothing to record: raise."""
         partial = error.partial_result
         if self.on_error == "raise" or partial is None:
@@ -243,7 +277,27 @@ class DeepPruneNode(RunnableCallable):
             **partial.summary(),
             "error": f"{type(error).__name__}: {error}",
         }
-        return {self.summary_key: recorded}
+        update: dict[str, Any] = {self.summary_key: recorded}
+        if self.runs_key is not None:
+            update[self.runs_key] = [self._run(config, messages, None, recorded)]
+        return update
+
+    def _run(
+        self,
+        config: RunnableConfig,
+        messages: list[BaseMessage],
+        message_id: str | None,
+        summary: RecordedSummary,
+    ) -> DeepPruneRun:
+        """The run-log entry; ``node`` is the graph's name for the node (outside a graph, the
+        runnable's ``name``), which is what tells two parallel DeepPrune nodes apart."""
+        node = (config.get("metadata") or {}).get("langgraph_node")
+        return DeepPruneRun(
+            node=node if isinstance(node, str) else (self.name or "deepprune"),
+            question=_question(messages),
+            message_id=message_id,
+            summary=summary,
+        )
 
 
 def create_deepprune_node(
@@ -253,16 +307,23 @@ def create_deepprune_node(
     summary_key: str = "deepprune",
     name: str = "deepprune",
     on_error: OnError = "raise",
+    runs_key: str | None = "deepprune_runs",
 ) -> DeepPruneNode:
     """A LangGraph node that answers the conversation in ``state[messages_key]`` with DeepPrune.
 
-    The node returns ``{messages_key: [answer], summary_key: summary}``: the reasoner's ``AIMessage``
-    (appended by an ``add_messages`` reducer) and ``DeepPruneResult.summary()`` of its run (answer,
-    votes, clusters, decoded tokens, token savings, ...). Use it with ``DeepPruneState`` or any state
-    with those two keys::
+    The node returns ``{messages_key: [answer], summary_key: summary, runs_key: [run]}``: the
+    reasoner's ``AIMessage`` (appended by an ``add_messages`` reducer), ``DeepPruneResult.summary()``
+    of its run (answer, votes, clusters, decoded tokens, token savings, ...) and a ``DeepPruneRun``
+    for the run log (the question, the answer's message id, the summary). Use it with
+    ``DeepPruneState`` or any state with those keys (a state without ``runs_key`` simply drops
+    it)::
 
         graph = StateGraph(DeepPruneState)
         graph.add_node("reason", create_deepprune_node(model))
+
+    With ``DeepPruneState``'s reducers, DeepPrune nodes run in parallel branches and under ``Send``
+    fan-out (``[Send("reason", {"messages": [q]}) for q in questions]``): ``state["deepprune"]`` is
+    the latest summary, ``state["deepprune_runs"]`` every run with its question.
 
     Pruning decisions stream as ``stream_mode="custom"`` chunks
     ``{"event": "deepprune.trace_pruned", "data": {...}}``. ``on_error="record"`` writes a failed
@@ -270,7 +331,12 @@ def create_deepprune_node(
     run. See ``DeepPruneNode``.
     """
     return DeepPruneNode(
-        model, messages_key=messages_key, summary_key=summary_key, name=name, on_error=on_error
+        model,
+        messages_key=messages_key,
+        summary_key=summary_key,
+        name=name,
+        on_error=on_error,
+        runs_key=runs_key,
     )
 
 
