@@ -4,7 +4,8 @@
 counts their tokens with ``RegexTokenizer``. Engine adapters (vLLM, transformers) live in
 ``integrations/``; importing this package never pulls in an engine. What those adapters share lives
 here: ``PromptRenderer`` / ``render_prompt_ids`` turn a prompt into the ids an engine prefills, by one
-rule for every engine (``deepprune_lc.backends.rendering``).
+rule for every engine (``deepprune_lc.backends.rendering``), and ``StopMatcher`` applies stop strings
+as vLLM does (``deepprune_lc.backends.stops``) for backends whose engine does not.
 """
 
 from deepprune_lc.backends.pool import TracePool, TracePoolError, load_trace_pool
@@ -17,6 +18,7 @@ from deepprune_lc.backends.rendering import (
     render_prompt_ids,
 )
 from deepprune_lc.backends.replay import ReplayBackend
+from deepprune_lc.backends.stops import StopMatcher
 from deepprune_lc.backends.tokenizer import RegexTokenizer
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "PromptTokenizer",
     "RegexTokenizer",
     "ReplayBackend",
+    "StopMatcher",
     "TracePool",
     "TracePoolError",
     "has_chat_template",

@@ -12,6 +12,10 @@ Contract, mirroring an engine:
   ``reuse="error"``);
 * one ``TraceDelta`` per token; the last token's delta carries ``finish_reason`` (``"stop"``, or
   ``"length"`` when ``sampling.max_tokens`` cuts the trace; resumed tokens count toward the limit);
+* ``sampling.stop`` strings end the trace as vLLM does (``deepprune_lc.backends.stops``): the text
+  ends right before the first stop string to complete, the token that completed it is the last
+  one streamed, and the finish reason is ``"stop"``; text that may start a stop string is held
+  back until it cannot, so no part of a stop string is ever streamed;
 * ``abort(request_id)`` is exact: the flag is checked before every token, so a stream parked at a
   ``yield`` when it is aborted produces *zero* further tokens and ends with an empty ``"abort"``
   delta. (A real engine has slack here; the replay has none, which keeps token accounting testable.)
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
+from deepprune_lc.backends.stops import StopMatcher
 from deepprune_lc.backends.tokenizer import RegexTokenizer
 from deepprune_lc.core.ports import FinishReason, Prompt, TraceDelta, TraceRequest
 
@@ -189,15 +194,22 @@ class ReplayBackend:
         total = len(tokens.ids)
         end = min(total, request.sampling.max_tokens)
         reason: FinishReason = "stop" if end == total else "length"
+        pieces: Sequence[str] = tokens.pieces
+        held = ""
+        if request.sampling.stop:
+            pieces, end, reason, held = _apply_stops(
+                pieces, start, end, reason, request.sampling.stop
+            )
 
         aborted = self._aborted
         self._live.add(request_id)
         try:
             if start >= end:
-                # Nothing left to produce (resumed at the end, or at/past max_tokens).
-                yield TraceDelta((), "", reason)
+                # Nothing left to produce (resumed at the end, or at/past max_tokens); text a
+                # parked stream held back for its stop strings is released.
+                yield TraceDelta((), held, reason)
                 return
-            singles, pieces = tokens.singles, tokens.pieces
+            singles = tokens.singles
             last = end - 1
             delay = self.seconds_per_token
             if delay > 0:
@@ -345,6 +357,37 @@ def _prompt_text(prompt: Prompt) -> str:
         if message.get("role") == "user":
             return message.get("content", "")
     raise ValueError("prompt: chat prompt has no user message")
+
+
+def _apply_stops(
+    pieces: Sequence[str],
+    start: int,
+    end: int,
+    reason: FinishReason,
+    stops: Sequence[str],
+) -> tuple[Sequence[str], int, FinishReason, str]:
+    """What a stream with stop strings emits: ``(texts, end, reason, held)`` (``backends.stops``).
+
+    A recorded trace's text is known in advance, so the match is computed once, before streaming,
+    and the per-token loop stays what it is without stop strings: ``texts[i]`` is what token ``i``
+    emits (held-back text comes out with a later token), ``end`` is one past the token that
+    completed a stop string (its reason then ``"stop"``), and ``held`` is text a parked stream held
+    back, for a resumed stream that has nothing left to produce.
+    """
+    matcher = StopMatcher(stops)
+    if not matcher:
+        return pieces, end, reason, ""
+    matcher.resume("".join(pieces[:start]))
+    if start >= end:
+        return pieces, end, reason, matcher.flush()
+    texts = list(pieces)
+    for i in range(start, end):
+        text, hit = matcher.push(pieces[i])
+        texts[i] = text
+        if hit:
+            return texts, i + 1, "stop", ""
+    texts[end - 1] += matcher.flush()
+    return texts, end, reason, ""
 
 
 def _check_resume(ids: tuple[int, ...], resume: Sequence[int], problem_id: str, index: int) -> int:

@@ -5,7 +5,9 @@ driver relies on it: streams carry token ids and text and end with exactly one f
 abort is a no-op for unknown ids, is not lost when it comes before the first token, and keeps
 exactly the tokens produced (up to a declared engine slack); a resumed trace continues token-exact
 and its resumed tokens count toward ``max_tokens``; a stream closed or cancelled early leaves no
-request behind; many streams run at once without disturbing each other. Written once here, in the
+request behind; many streams run at once without disturbing each other; stop strings end the text
+right before the stop string, as vLLM and OpenAI do (``deepprune_lc.backends.stops`` says what the
+ids of the final delta hold), also for a trace parked and resumed. Written once here, in the
 style of langchain-tests' ``ChatModelIntegrationTests``, a backend's test module inherits it::
 
     from deepprune_lc.testing import BackendConformanceTests
@@ -44,7 +46,7 @@ import pytest
 from deepprune_lc.core.config import SamplingConfig
 from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
 
-__all__ = ["FINISH_REASONS", "BackendConformanceTests", "StreamRecord"]
+__all__ = ["FINISH_REASONS", "BackendConformanceTests", "StopPick", "StreamRecord"]
 
 #: The finish reasons a stream may end with (``TraceDelta.finish_reason`` of its last delta).
 FINISH_REASONS = frozenset({"stop", "length", "abort"})
@@ -100,6 +102,21 @@ class StreamRecord:
         )
 
 
+@dataclass(frozen=True)
+class StopPick:
+    """A stop string taken from a reference run, and what a run stopped by it must deliver."""
+
+    stop: str
+    #: The reference text before the stop string's first occurrence: the stopped run's text.
+    text: str
+    #: The reference ids up to and including the token that completes the stop string.
+    ids: list[int]
+    #: The ids of the delta that completes it: the stopped run's final delta carries them.
+    final_ids: list[int]
+    #: Index of the token where the stop string starts.
+    first_token: int
+
+
 def _shape(deltas: Sequence[TraceDelta]) -> list[tuple[list[int], str, str | None]]:
     """Deltas as plain values (ids as a list), to compare with what a test expects."""
     return [(list(d.token_ids), d.text, d.finish_reason) for d in deltas]
@@ -123,6 +140,16 @@ class BackendConformanceTests:
         hand in a sibling on the same engine that honours it.
         """
         return backend
+
+    @pytest.fixture
+    def stop_strings_backend(self, stopping_backend: GenerationBackend) -> GenerationBackend:
+        """A backend whose greedy text on ``prompt`` varies enough to pick stop strings from.
+
+        The stop-string tests take their stop strings from this backend's own greedy text (so they
+        need no knowledge of the model); a model stuck repeating one token would make every stop
+        string match at the very start. Defaults to ``stopping_backend``, whose traces are real text.
+        """
+        return stopping_backend
 
     @property
     def text_prompt(self) -> str:
@@ -216,6 +243,15 @@ class BackendConformanceTests:
         return None
 
     @property
+    def stop_strings_max_tokens(self) -> int:
+        """Budget of the stop-string tests' greedy runs on ``stop_strings_backend``.
+
+        Its greedy text must have a few distinct tokens after the first ``abort_slack_tokens + 3``
+        (the stop strings are picked there, so a trace parked at its first token stops later).
+        """
+        return 48
+
+    @property
     def settle_timeout_s(self) -> float:
         """How long ``assert_nothing_live`` may wait for the backend's state to catch up.
 
@@ -252,12 +288,15 @@ class BackendConformanceTests:
 
     # ------------------------------------------------------------------ helpers for the tests
 
-    def sampling(self, max_tokens: int, *, greedy: bool = False) -> SamplingConfig:
+    def sampling(
+        self, max_tokens: int, *, greedy: bool = False, stop: Sequence[str] = ()
+    ) -> SamplingConfig:
         """Sampling of the suite's requests: greedy, or seeded at ``sampled_temperature``."""
         return SamplingConfig(
             temperature=0.0 if greedy else self.sampled_temperature,
             top_p=1.0,
             max_tokens=max_tokens,
+            stop=tuple(stop),
         )
 
     def make_request(
@@ -269,13 +308,14 @@ class BackendConformanceTests:
         trace_index: int = 0,
         resume: Sequence[int] = (),
         prompt: Prompt | None = None,
+        stop: Sequence[str] = (),
     ) -> TraceRequest:
         """A request with an id no other test (or test session on a shared engine) uses."""
         return TraceRequest(
             request_id=f"conformance-{uuid.uuid4().hex[:8]}-{next(_counter)}",
             trace_index=trace_index,
             prompt=self.prompt if prompt is None else prompt,
-            sampling=self.sampling(max_tokens, greedy=greedy),
+            sampling=self.sampling(max_tokens, greedy=greedy, stop=stop),
             seed=seed,
             resume_token_ids=tuple(resume),
         )
@@ -574,6 +614,113 @@ class BackendConformanceTests:
             assert k <= len(record.ids) <= k + self.abort_slack_tokens
         for record in records[2:]:
             assert (len(record.ids), record.finish_reason) == (length, "length")
+        await self.assert_nothing_live(backend)
+
+    # ------------------------------------------------------------------ stop strings
+
+    async def stop_reference(self, backend: GenerationBackend) -> StreamRecord:
+        """The greedy run the stop-string tests pick their stop strings from (no stop strings)."""
+        return await self.consume(
+            backend, self.make_request(max_tokens=self.stop_strings_max_tokens, greedy=True)
+        )
+
+    def pick_stop(self, reference: StreamRecord, *, mid_token: bool) -> StopPick:
+        """A stop string spanning three tokens of ``reference`` (first found where it starts).
+
+        ``mid_token``: the stop string ends after the first character of its third token, so the
+        token that completes it has text after the stop string (dropped with it).
+        """
+        deltas = reference.deltas
+        offsets = list(itertools.accumulate((len(d.text) for d in deltas), initial=0))
+        id_counts = list(itertools.accumulate((len(d.token_ids) for d in deltas), initial=0))
+        for k in range(self.abort_slack_tokens + 3, len(deltas) - 3):
+            a, b, c = (deltas[k + i].text for i in range(3))
+            if not (a and b and c) or (mid_token and len(c) < 2):
+                continue
+            stop = a + b + (c[:1] if mid_token else c)
+            if reference.text.find(stop) != offsets[k]:
+                continue  # it occurs earlier: keep looking for a first occurrence
+            return StopPick(
+                stop=stop,
+                text=reference.text[: offsets[k]],
+                ids=reference.ids[: id_counts[k + 3]],
+                final_ids=list(deltas[k + 2].token_ids),
+                first_token=id_counts[k],
+            )
+        raise AssertionError(
+            "no stop string could be picked from the reference text (override "
+            f"stop_strings_backend or prompt): {reference.text!r}"
+        )
+
+    @pytest.mark.parametrize("where", ["token-boundary", "mid-token"])
+    async def test_stop_strings_end_the_text_right_before_the_stop_string(
+        self, stop_strings_backend: GenerationBackend, where: str
+    ) -> None:
+        backend = stop_strings_backend
+        reference = await self.stop_reference(backend)
+        pick = self.pick_stop(reference, mid_token=where == "mid-token")
+        # Listed first but completing later (it ends one character after the picked one): the
+        # stop string that completes first wins, whatever the order of the list.
+        later = reference.text[len(pick.text) + 1 : len(pick.text) + len(pick.stop) + 1]
+        if reference.text.find(later) + len(later) <= len(pick.text) + len(pick.stop):
+            later = "\x00never"
+        request = self.make_request(
+            max_tokens=self.stop_strings_max_tokens, greedy=True, stop=(later, pick.stop)
+        )
+        record = await self.consume(backend, request)
+        assert record.finish_reason == "stop"
+        # Nothing of the stop string was streamed, not even the tokens before the one completing it.
+        assert record.text == pick.text, (pick.stop, record.text)
+        # The ids run up to and including the token that completed the stop string, the last delta's.
+        assert record.ids == pick.ids
+        assert list(record.deltas[-1].token_ids) == pick.final_ids
+        self.assert_gone_now(backend, request.request_id)
+        await self.assert_nothing_live(backend)
+
+    async def test_stop_strings_that_never_complete_change_nothing(
+        self, stop_strings_backend: GenerationBackend
+    ) -> None:
+        backend = stop_strings_backend
+        reference = await self.stop_reference(backend)
+        pick = self.pick_stop(reference, mid_token=False)
+        # Each begins like the text (a stretch mid-way, and the very end) and then never matches:
+        # what was held back while it might have is released, mid-stream and at the end.
+        stops = (pick.stop[:-1] + "\x00", reference.text[-3:] + "\x00")
+        request = self.make_request(
+            max_tokens=self.stop_strings_max_tokens, greedy=True, stop=stops
+        )
+        record = await self.consume(backend, request)
+        assert (record.ids, record.text, record.finish_reason) == (
+            reference.ids,
+            reference.text,
+            reference.finish_reason,
+        )
+        await self.assert_nothing_live(backend)
+
+    async def test_stop_strings_on_a_parked_and_resumed_trace(
+        self, stop_strings_backend: GenerationBackend
+    ) -> None:
+        backend = stop_strings_backend
+        reference = await self.stop_reference(backend)
+        pick = self.pick_stop(reference, mid_token=True)
+        budget, stops = self.stop_strings_max_tokens, (pick.stop,)
+        whole = await self.consume(
+            backend, self.make_request(max_tokens=budget, greedy=True, stop=stops)
+        )
+        assert (whole.finish_reason, whole.text) == ("stop", pick.text)
+        parked = await self.consume(
+            backend, self.make_request(max_tokens=budget, greedy=True, stop=stops), abort_at=1
+        )
+        assert parked.finish_reason == "abort"
+        assert len(parked.ids) < pick.first_token  # parked before the stop string began
+        resumed = await self.consume(
+            backend,
+            self.make_request(max_tokens=budget, greedy=True, stop=stops, resume=parked.ids),
+        )
+        # Parked, then resumed: the same ids, the same text and the same stop as unparked.
+        assert resumed.finish_reason == "stop"
+        assert parked.ids + resumed.ids == whole.ids
+        assert parked.text + resumed.text == whole.text
         await self.assert_nothing_live(backend)
 
 

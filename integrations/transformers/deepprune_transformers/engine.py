@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from deepprune_lc.backends import StopMatcher
 from deepprune_lc.core import FinishReason
 from deepprune_transformers.detok import IncrementalDetokenizer
 from deepprune_transformers.sampling import RowSampling, sample_tokens
@@ -76,7 +77,8 @@ class EngineRow:
     cached_tokens: int = 0
     finish_reason: FinishReason | None = None
     detok: IncrementalDetokenizer | None = None
-    text_tail: str = ""
+    #: Stop-string matching over the row's text (None without stop strings).
+    stops: StopMatcher | None = None
     new_tokens: int = 0
     #: The backend's handle for this row's stream (opaque to the engine).
     owner: Any = None
@@ -234,8 +236,11 @@ class BatchEngine:
             row.cached_tokens = len(key)
             row.detok = IncrementalDetokenizer(self.decode, row.prompt_ids)
             sent = row.detok.resume(row.generated)
-            if row.stop:  # a stop string may straddle the point where the trace was parked
-                row.text_tail = sent[max(0, len(sent) - max(map(len, row.stop)) + 1) :]
+            if row.stop:
+                # Primed with the resumed text: a stop string may straddle the point where the
+                # trace was parked, and the text its parked stream held back is emitted first.
+                row.stops = StopMatcher(row.stop)
+                row.stops.resume(sent)
         inputs = list(distinct)
         outputs: list[StepOutput] = []
         for chunk in _chunks_by_budget(inputs, PREFILL_TOKEN_BUDGET):
@@ -288,34 +293,23 @@ class BatchEngine:
         finish: FinishReason | None = None
         if token in self.eos_token_ids and not self.ignore_eos:
             finish = "stop"
-        elif row.stop and text:
-            text, hit = _cut_at_stop(row, text)
-            if hit:
-                row.finish_reason = "stop"
-                return StepOutput(row, token, text, "stop")
-        if finish is None and len(row.generated) >= row.max_tokens:
+        elif len(row.generated) >= row.max_tokens:
             finish = "length"
         if finish is not None:
             text += row.detok.flush()  # an incomplete character at the very end, if any
+        stops = row.stops
+        if stops is not None:
+            # vLLM's rule (deepprune_lc.backends.stops): text that may start a stop string is held
+            # back; a completed one ends the trace right before it (this token is the last), and
+            # a trace that ends otherwise releases what was held.
+            text, hit = stops.push(text)
+            if hit:
+                finish = "stop"
+            elif finish is not None:
+                text += stops.flush()
+        if finish is not None:
             row.finish_reason = finish
         return StepOutput(row, token, text, finish)
-
-
-def _cut_at_stop(row: EngineRow, text: str) -> tuple[str, bool]:
-    """The text to emit and whether a stop string completed in it.
-
-    A stop string that completes inside this piece ends the trace; the piece is cut where the stop
-    string starts (text of earlier pieces was already streamed and stays). ``row.text_tail`` keeps
-    the last characters streamed, enough for a stop string that spans pieces.
-    """
-    tail = row.text_tail
-    window = tail + text
-    hits = [at for at in (window.find(stop) for stop in row.stop) if at != -1]
-    longest = max(len(stop) for stop in row.stop)
-    row.text_tail = window[max(0, len(window) - (longest - 1)) :]
-    if not hits:
-        return text, False
-    return text[: max(0, min(hits) - len(tail))], True
 
 
 def _kv_layers(cache: DynamicCache) -> list[DynamicLayer]:
