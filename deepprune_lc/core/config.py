@@ -25,6 +25,7 @@ __all__ = [
     "RunConfig",
     "SamplingConfig",
     "TokensPrefix",
+    "VoteSettling",
 ]
 
 #: Default reasoning-word vocabulary. Case-insensitive, matched as whole words or short phrases.
@@ -105,6 +106,20 @@ class TokensPrefix(_Frozen):
 PrefixPolicy = Annotated[ReasoningWordsPrefix | TokensPrefix, Field(discriminator="kind")]
 
 
+class VoteSettling(_Frozen):
+    """When a vote is settled, so that the traces still running for it may stop.
+
+    Settled means: the leading answer's lead over the runner-up is larger than the number of
+    voters still running (they could not overturn it, or even tie it, whatever they answer) and at
+    least ``min_margin``. With ``min_margin=1`` the answer is exactly the one letting every running
+    voter finish would give; a larger margin asks for more evidence before a split vote counts as
+    decided (a vote of 1 against 0 is not settled at ``min_margin=2``).
+    """
+
+    enabled: bool = True
+    min_margin: int = Field(2, ge=1, description="Votes the leader must lead the runner-up by.")
+
+
 class RunConfig(_Frozen):
     """What every parallel-sampling method shares: how many traces, the seed, the deadline.
 
@@ -151,6 +166,26 @@ class PruningConfig(RunConfig):
         ),
     )
     policy: Literal["majority", "diverse"] = "majority"
+    finalisation: Literal["robust", "paper"] = Field(
+        "paper",
+        description=(
+            "'paper': the winning cluster's K2 finalists finish and only they vote (the paper's MV). "
+            "'robust' (ours, docs/method.md): clusters tied for largest send their founders; every "
+            "finished trace votes; a split vote resumes more traces until it is settled; a settled "
+            "vote stops the finalists still running."
+        ),
+    )
+    settle: VoteSettling = Field(
+        default_factory=VoteSettling, description="When a robust finalisation's vote is settled."
+    )
+    max_extra_finalists: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Robust finalisation: traces resumed beyond K2 when the vote splits (None: as many as "
+            "there are parked traces)."
+        ),
+    )
     on_judge_error: Literal["fallback", "raise"] = "fallback"
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "DeepPruneEvent",
     "EventListener",
     "JudgeScored",
+    "JudgeUnreliable",
     "PrefixReached",
     "RunCompleted",
     "TraceAborted",
@@ -130,6 +131,15 @@ class TraceFinished(DeepPruneEvent):
     tokens_decoded: int
 
 
+class JudgeUnreliable(DeepPruneEvent):
+    """The clustering is not trusted for this question (``reason``: 'all_singletons',
+    'tied_clusters', 'finalists_split'), so more traces finish and vote. A graph can route on it."""
+
+    name: ClassVar[str] = "deepprune.judge_unreliable"
+    reason: str
+    detail: str
+
+
 class VoteCounted(DeepPruneEvent):
     name: ClassVar[str] = "deepprune.vote"
     answer: str | None
@@ -154,6 +164,7 @@ ALL_EVENT_TYPES: tuple[type[DeepPruneEvent], ...] = (
     TraceResumed,
     TraceAborted,
     TraceFinished,
+    JudgeUnreliable,
     VoteCounted,
     RunCompleted,
 )

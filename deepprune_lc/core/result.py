@@ -122,6 +122,8 @@ class RunSummary(TypedDict):
     judge_prefill_tokens: int
     wall_time_s: float
     fallback: str | None
+    #: Why the clustering was not trusted (finalisation let more traces vote), or None.
+    judge_unreliable: str | None
 
 
 class DeepPruneResult(_Model):
@@ -144,6 +146,13 @@ class DeepPruneResult(_Model):
         ),
     )
     error: str | None = None
+    judge_unreliable: str | None = Field(
+        None,
+        description=(
+            "Set when the judge's clustering was not trusted and more traces were let vote: "
+            "'all_singletons', 'tied_clusters' or 'finalists_split' (robust finalisation)."
+        ),
+    )
 
     def summary(self) -> RunSummary:
         """A compact, JSON-ready digest for logs, LangSmith metadata and ``response_metadata``."""
@@ -165,4 +174,5 @@ class DeepPruneResult(_Model):
             "judge_prefill_tokens": self.totals.judge_prefill_tokens,
             "wall_time_s": round(self.totals.wall_time_s, 4),
             "fallback": self.fallback,
+            "judge_unreliable": self.judge_unreliable,
         }

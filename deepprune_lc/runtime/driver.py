@@ -29,6 +29,7 @@ from deepprune_lc.core.controllers import (
     ClusterTrace,
     ControllerProtocol,
     FailRun,
+    FlagUnreliable,
     ParkTrace,
     ResumeTrace,
     RunDone,
@@ -40,6 +41,7 @@ from deepprune_lc.core.events import (
     DeepPruneEvent,
     EventListener,
     JudgeScored,
+    JudgeUnreliable,
     PrefixReached,
     RunCompleted,
     TraceAborted,
@@ -238,6 +240,8 @@ class Driver:
                 )
             elif isinstance(action, ResumeTrace):
                 self._start(action.trace_id, resume=True, cluster_id=action.cluster_id)
+            elif isinstance(action, FlagUnreliable):
+                self._emit(JudgeUnreliable, reason=action.reason, detail=action.detail)
             elif isinstance(action, FailRun):
                 self._fail(JudgeError(action.reason))
             elif isinstance(action, RunDone):
@@ -652,6 +656,7 @@ class Driver:
             totals=totals,
             fallback=fallback,
             error=error,
+            judge_unreliable=outcome.judge_unreliable if outcome else None,
         )
 
 

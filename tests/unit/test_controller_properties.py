@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepprune_lc.core.answers import AnswerRules
-from deepprune_lc.core.config import PruningConfig
+from deepprune_lc.core.answers import AnswerRules, vote_settled
+from deepprune_lc.core.config import PruningConfig, VoteSettling
 from deepprune_lc.core.controllers import (
     AbortTrace,
     Action,
@@ -46,6 +46,9 @@ class Scenario:
     finalists: int
     threshold: float
     policy: str
+    finalisation: str
+    min_margin: int
+    max_extra: int | None
     on_judge_error: str
     max_judge_batch: int
     seed: int
@@ -66,6 +69,9 @@ class Scenario:
             finalists=self.finalists,
             threshold=self.threshold,
             policy=self.policy,  # type: ignore[arg-type]
+            finalisation=self.finalisation,  # type: ignore[arg-type]
+            settle=VoteSettling(min_margin=self.min_margin),
+            max_extra_finalists=self.max_extra,
             on_judge_error=self.on_judge_error,  # type: ignore[arg-type]
             max_judge_batch=self.max_judge_batch,
             seed=self.seed,
@@ -90,6 +96,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         finalists=draw(st.integers(1, 6)),
         threshold=draw(st.sampled_from([0.25, 0.5, 0.5, 0.75, 0.9])),
         policy=draw(st.sampled_from(["majority", "majority", "diverse"])),
+        finalisation=draw(st.sampled_from(["paper", "robust"])),
+        min_margin=draw(st.integers(1, 3)),
+        max_extra=draw(st.none() | st.integers(0, 4)),
         on_judge_error=draw(st.sampled_from(["fallback", "fallback", "raise"])),
         max_judge_batch=draw(st.sampled_from([1, 1, 2, 4, 16])),
         seed=draw(st.integers(0, 3)),
@@ -302,7 +311,8 @@ def check_invariants(sc: Scenario, run: Run) -> None:
     for c in clusters:
         assert c.members[0] == c.founder
         assert all(ctl.traces[m].cluster_id == c.cluster_id for m in c.members)
-        assert ctl.traces[c.founder].status != "pruned"  # founders are never parked
+        if not (sc.finalisation == "robust" and sc.policy == "majority"):
+            assert ctl.traces[c.founder].status != "pruned"  # founders are never parked
     if sc.n == 1:
         assert not clusters and not any(isinstance(a, ScorePairs) for a in run.log)
     # Judge budget: at most K * K1 pairs per clustered trace; the count matches what was asked.
@@ -314,10 +324,14 @@ def check_invariants(sc: Scenario, run: Run) -> None:
     resumed = [a.trace_id for a in run.log if isinstance(a, ResumeTrace)]
     assert len(resumed) == len(set(resumed)) and set(resumed) <= parked
     assert all(ctl.traces[t].cluster_id is not None for t in parked)
+    robust = sc.finalisation == "robust" and sc.policy == "majority"
     if resumed:
         assert sc.policy == "majority"
-        assert len(resumed) + 1 <= sc.finalists
-        (_winner_id,) = {ctl.traces[t].cluster_id for t in resumed}  # all from the winner
+        if not robust:
+            assert len(resumed) + 1 <= sc.finalists
+            (_winner_id,) = {ctl.traces[t].cluster_id for t in resumed}  # all from the winner
+        elif sc.max_extra is not None:
+            assert len(resumed) + 1 <= sc.finalists + sc.max_extra
     # An aborted trace stays aborted whatever it reports later; a parked one ends pruned, or
     # finished if it raced its park; a trace never stopped by the controller finishes.
     aborted = {a.trace_id for a in run.log if isinstance(a, AbortTrace)}
@@ -335,7 +349,27 @@ def check_invariants(sc: Scenario, run: Run) -> None:
         assert outcome.winning_trace in outcome.votes[0].trace_ids
     else:
         assert outcome.answer is None
-    if outcome.fallback is None and sc.n > 1:
+    if robust and outcome.fallback is None and sc.n > 1:
+        assert run.ended == "done"
+        # Every finished trace with an answer votes: a finished trace paid for its answer.
+        finished = {t.trace_id for t in ctl.traces if t.status == "finished" and t.answer}
+        assert voters == finished
+        for a in run.log:
+            if isinstance(a, AbortTrace):
+                assert a.reason in ("winner_certain", "vote_settled"), a
+                if a.reason == "winner_certain":
+                    assert a.trace_id not in members
+        # A run ends with a settled vote, or with nothing left it could have resumed.
+        settled = vote_settled(list(outcome.votes), 0, sc.min_margin)
+        budget_spent = sc.max_extra is not None and len(resumed) >= sc.finalists + sc.max_extra - 1
+        nothing_left = not any(ctl.traces[t].status == "pruned" for t in members)
+        assert settled or nothing_left or budget_spent or sc.finalists >= sc.n, (
+            outcome.votes,
+            statuses,
+        )
+        if ctl.judge_unreliable == "finalists_split":
+            assert len(outcome.votes) >= 1
+    elif outcome.fallback is None and sc.n > 1:
         assert run.ended == "done"
         winner = max(clusters, key=lambda c: (len(c.members), -c.cluster_id))
         if sc.policy == "majority":

@@ -26,7 +26,7 @@ from deepprune_lc.core.answers.equivalence import (
 )
 from deepprune_lc.core.answers.extract import extract_answer, extract_choice
 from deepprune_lc.core.answers.rules import AnswerRules
-from deepprune_lc.core.answers.votes import Ballot, group_votes
+from deepprune_lc.core.answers.votes import Ballot, group_votes, vote_settled
 
 __all__ = [
     "MAX_ANSWER_DIGITS",
@@ -39,4 +39,5 @@ __all__ = [
     "extract_choice",
     "group_votes",
     "math_equivalent",
+    "vote_settled",
 ]

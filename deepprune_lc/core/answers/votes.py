@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from deepprune_lc.core.result import VoteGroup
 
-__all__ = ["Ballot", "group_votes"]
+__all__ = ["Ballot", "group_votes", "vote_settled"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,16 @@ def group_votes(
         home.add(ballot)
     ranked = sorted(groups, key=lambda g: (-g.weight, g.first_finish))
     return [g.freeze() for g in ranked]
+
+
+def vote_settled(votes: Sequence[VoteGroup], still_running: float, min_margin: float = 1) -> bool:
+    """Whether the ranked vote can no longer change: the leader's lead over the runner-up exceeds
+    the weight still running (those voters could not overturn or tie it) and is >= ``min_margin``.
+
+    A new answer among the running voters is covered too: it could gather at most
+    ``still_running``, less than the lead, which is at most the leader's weight.
+    """
+    if not votes:
+        return False
+    lead = votes[0].weight - (votes[1].weight if len(votes) > 1 else 0.0)
+    return lead > still_running and lead >= min_margin

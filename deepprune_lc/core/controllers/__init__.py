@@ -17,6 +17,7 @@ from deepprune_lc.core.controllers.actions import (
     Action,
     ClusterTrace,
     FailRun,
+    FlagUnreliable,
     ParkTrace,
     ResumeTrace,
     RunDone,
@@ -36,6 +37,7 @@ from deepprune_lc.core.controllers.states import (
     ControllerProtocolError,
     Fallback,
     Phase,
+    Unreliability,
     transition,
 )
 
@@ -52,6 +54,7 @@ __all__ = [
     "EarlyStoppingController",
     "FailRun",
     "Fallback",
+    "FlagUnreliable",
     "Outcome",
     "ParkTrace",
     "Phase",
@@ -62,5 +65,6 @@ __all__ = [
     "StartTrace",
     "TraceState",
     "TraceView",
+    "Unreliability",
     "transition",
 ]

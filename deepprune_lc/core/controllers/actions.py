@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deepprune_lc.core.controllers.states import AbortReason
+from deepprune_lc.core.controllers.states import AbortReason, Unreliability
 from deepprune_lc.core.ports import PrefixPair
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Action",
     "ClusterTrace",
     "FailRun",
+    "FlagUnreliable",
     "ParkTrace",
     "ResumeTrace",
     "RunDone",
@@ -81,6 +82,15 @@ class FailRun:
 
 
 @dataclass(frozen=True, slots=True)
+class FlagUnreliable:
+    """Informational: the clustering cannot be trusted for this question (see ``Unreliability``);
+    finalisation compensates by letting more traces vote. Reported as ``deepprune.judge_unreliable``."""
+
+    reason: Unreliability
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunDone:
     """Every trace is in a terminal state and the vote is final: see ``controller.outcome``."""
 
@@ -93,5 +103,6 @@ Action = (
     | ResumeTrace
     | AbortTrace
     | FailRun
+    | FlagUnreliable
     | RunDone
 )

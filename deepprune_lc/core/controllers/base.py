@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from deepprune_lc.core.answers import AnswerRules, Ballot, group_votes
+from deepprune_lc.core.answers import AnswerRules, Ballot, group_votes, vote_settled
 from deepprune_lc.core.controllers.actions import (
     AbortTrace,
     Action,
@@ -22,6 +22,7 @@ from deepprune_lc.core.controllers.states import (
     AbortReason,
     ControllerProtocolError,
     Fallback,
+    Unreliability,
     transition,
 )
 from deepprune_lc.core.monitors import PrefixComplete, Signal, TraceMonitor
@@ -68,6 +69,7 @@ class Outcome:
     winning_trace: int | None
     votes: tuple[VoteGroup, ...]
     fallback: Fallback | None
+    judge_unreliable: Unreliability | None = None
 
 
 class Controller:
@@ -83,6 +85,8 @@ class Controller:
         self.outcome: Outcome | None = None
         #: Why the method fell back (e.g. the judge's error), for the result's ``error`` field.
         self.fallback_detail: str | None = None
+        #: The first reason the clustering was not trusted, if any (reported in the outcome).
+        self.judge_unreliable: Unreliability | None = None
         self._finish_counter = 0
 
     # What the driver asks --------------------------------------------------------------------------
@@ -205,6 +209,23 @@ class Controller:
         # A trace that was never started (status None, e.g. ESC stopped early) stays unsampled.
         return []
 
+    def _finished_ballots(self) -> list[Ballot]:
+        """A ballot for every finished trace with an answer: a finished trace paid for its answer."""
+        return self._ballots(t.trace_id for t in self.traces if t.status == "finished")
+
+    def _settled_stop(self, min_margin: int) -> list[Action] | None:
+        """If the vote over finished traces is settled against every running trace, stop those
+        (``vote_settled``) and end the run; None while it is not settled."""
+        running = [t.trace_id for t in self.traces if t.status == "running"]
+        ballots = self._finished_ballots()
+        votes = group_votes(ballots, self.rules.equivalent) if ballots else []
+        if not vote_settled(votes, len(running), min_margin):
+            return None
+        actions: list[Action] = []
+        for trace_id in running:
+            actions += self._abort(trace_id, "vote_settled")
+        return actions + self._finish_run(ballots)
+
     def _stop_all(self, reason: AbortReason) -> list[Action]:
         actions: list[Action] = []
         for state in self.traces:
@@ -239,12 +260,16 @@ class Controller:
         if votes:
             top = votes[0]
             winner = min(top.trace_ids, key=lambda t: self.traces[t].finish_order or 0)
-            self.outcome = Outcome(top.answer, winner, votes, fallback)
+            self.outcome = Outcome(top.answer, winner, votes, fallback, self.judge_unreliable)
         else:
             finished = [t for t in self.traces if t.status == "finished"]
             first = min(finished, key=lambda s: s.finish_order or 0) if finished else None
             self.outcome = Outcome(
-                None, first.trace_id if first else None, (), fallback or "no_voter"
+                None,
+                first.trace_id if first else None,
+                (),
+                fallback or "no_voter",
+                self.judge_unreliable,
             )
         self.done = True
         return [*actions, RunDone()]

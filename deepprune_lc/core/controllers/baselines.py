@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deepprune_lc.core.answers import AnswerRules
-from deepprune_lc.core.config import EarlyStoppingConfig
+from deepprune_lc.core.config import EarlyStoppingConfig, VoteSettling
 from deepprune_lc.core.controllers.actions import (
     Action,
 )
@@ -13,14 +13,31 @@ __all__ = ["EarlyStoppingController", "SelfConsistencyController"]
 
 
 class SelfConsistencyController(Controller):
-    """cons@N: every trace finishes, plain majority vote over equivalent answers."""
+    """cons@N: every trace finishes, plain majority vote over equivalent answers.
+
+    With ``settle`` (the settled-vote stop as a baseline of its own), all N traces start together
+    and the ones still running stop once the vote over those finished is settled, so the stop's
+    effect is measured apart from any judge.
+    """
 
     method = "self_consistency"
+
+    def __init__(
+        self, n_traces: int, rules: AnswerRules, settle: VoteSettling | None = None
+    ) -> None:
+        super().__init__(n_traces, rules)
+        self.settle = settle if settle is not None and settle.enabled else None
+        if self.settle is not None:
+            self.method = "self_consistency_settled"
 
     def start(self) -> list[Action]:
         return self._start(range(self.n_traces))
 
     def _after_finish(self, trace_id: int) -> list[Action]:
+        if self.settle is not None:
+            stopped = self._settled_stop(self.settle.min_margin)
+            if stopped is not None:
+                return stopped
         if all(t.terminal for t in self.traces):
             return self._finish_run(self._ballots(range(self.n_traces)))
         return []

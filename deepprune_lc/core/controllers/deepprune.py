@@ -8,18 +8,19 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from deepprune_lc.core.answers import AnswerRules, Ballot
+from deepprune_lc.core.answers import AnswerRules, Ballot, group_votes
 from deepprune_lc.core.config import PruningConfig
 from deepprune_lc.core.controllers.actions import (
     Action,
     ClusterTrace,
     FailRun,
+    FlagUnreliable,
     ParkTrace,
     ResumeTrace,
     ScorePairs,
 )
 from deepprune_lc.core.controllers.base import Controller
-from deepprune_lc.core.controllers.states import Phase
+from deepprune_lc.core.controllers.states import Phase, Unreliability
 from deepprune_lc.core.monitors import PrefixMonitor, TraceMonitor
 from deepprune_lc.core.ports import PrefixPair
 from deepprune_lc.core.result import ClusterReport
@@ -68,6 +69,8 @@ class DeepPruneController(Controller):
         self._request_counter = 0
         self._clustered = 0
         self._finalists: set[int] = set()
+        self._leading: list[int] = []
+        self._extra_left: int | None = None
 
     # -- what the driver asks ----------------------------------------------------------------------
     @property
@@ -264,6 +267,8 @@ class DeepPruneController(Controller):
         return actions
 
     def _finalise_majority(self) -> list[Action]:
+        if self.config.finalisation == "robust":
+            return self._finalise_robust()
         self.phase = "finalising"
         winner = self._winner()
         actions = self._stop_unclustered()
@@ -288,12 +293,114 @@ class DeepPruneController(Controller):
         self._finalists = set(finalists)
         return actions + self._maybe_finish_finalising()
 
+    # -- robust finalisation (ours; docs/method.md) ----------------------------------------------
+    def _finalise_robust(self) -> list[Action]:
+        """Finalise so that a weak judge costs tokens, not accuracy.
+
+        The largest cluster's founder and up to K2 - 1 members finish, as in the paper; clusters
+        tied for largest each send their founder instead (oldest first, K2 in all). Every other
+        running trace is parked, not aborted, so it can still be resumed. Every finished trace
+        votes. When the finalists are done and the vote is not settled (they split), more traces
+        are resumed (see ``_resume_more``) until it is, or nothing is left to run.
+        """
+        self.phase = "finalising"
+        actions = self._stop_unclustered()
+        top = max(len(c.members) for c in self.clusters)
+        leading = [c for c in self.clusters if len(c.members) == top]  # oldest first
+        if top == 1 and len(self.clusters) > 1:
+            actions += self._flag("all_singletons", f"{len(self.clusters)} clusters of one trace")
+        elif len(leading) > 1:
+            actions += self._flag("tied_clusters", f"{len(leading)} clusters tied at {top} traces")
+        self._leading = [c.cluster_id for c in leading]
+        budget = self.config.finalists
+        if len(leading) == 1:
+            winner = leading[0]
+            finalists = [winner.founder]
+            finalists += [m for m in winner.members[1:] if self.traces[m].status == "finished"][
+                : max(0, budget - 1)
+            ]
+            parked = [m for m in winner.members[1:] if self.traces[m].status == "parked"]
+            room = max(0, budget - len(finalists))
+            to_resume = self.rng.sample(parked, min(room, len(parked)))
+        else:
+            finalists = [c.founder for c in leading][: max(budget, 1)]
+            to_resume = [t for t in finalists if self.traces[t].status == "parked"]
+        self._finalists = set(finalists)
+        for trace_id in to_resume:
+            actions += self._resume(trace_id)
+        for state in self.traces:  # everything else waits, parked, in case the vote splits
+            if state.status == "running" and state.trace_id not in self._finalists:
+                self._move(state.trace_id, "parked")
+                actions.append(ParkTrace(state.trace_id, state.cluster_id or 0))
+        self._extra_left = self.config.max_extra_finalists
+        return actions + self._maybe_finish_finalising()
+
+    def _resume(self, trace_id: int) -> list[Action]:
+        state = self.traces[trace_id]
+        self._move(trace_id, "running")
+        state.resumed = True
+        self._finalists.add(trace_id)
+        return [ResumeTrace(trace_id, state.cluster_id or 0)]
+
+    def _flag(self, reason: Unreliability, detail: str) -> list[Action]:
+        if self.judge_unreliable is None:
+            self.judge_unreliable = reason
+        return [FlagUnreliable(reason, detail)]
+
+    def _resume_candidates(self) -> list[int]:
+        """Parked traces in the order a split vote resumes them: members of the leading
+        cluster(s), then founders of the others (largest first), then their members."""
+        leading = set(self._leading)
+        by_size = sorted(
+            (c for c in self.clusters if c.cluster_id not in leading),
+            key=lambda c: (-len(c.members), c.cluster_id),
+        )
+        order = [m for c in self.clusters if c.cluster_id in leading for m in c.members[1:]]
+        order += [c.founder for c in by_size]
+        order += [m for c in by_size for m in c.members[1:]]
+        return [t for t in order if self.traces[t].status == "parked"]
+
+    def _resume_more(self) -> list[Action]:
+        """The finalists split: resume as many traces as could settle the vote, if any are left."""
+        ballots = self._finished_ballots()
+        votes = group_votes(ballots, self.rules.equivalent) if ballots else []
+        lead = votes[0].weight - (votes[1].weight if len(votes) > 1 else 0.0) if votes else 0.0
+        need = max(1, math.ceil(self.config.settle.min_margin - lead))
+        if self._extra_left is not None:
+            need = min(need, self._extra_left)
+        candidates = self._resume_candidates()[:need]
+        actions: list[Action] = []
+        if len(votes) > 1:
+            actions += self._flag(
+                "finalists_split", f"vote {[v.weight for v in votes]} not settled"
+            )
+        if self._extra_left is not None:
+            self._extra_left -= len(candidates)
+        for trace_id in candidates:
+            actions += self._resume(trace_id)
+        return actions
+
+    def _maybe_finish_robust(self) -> list[Action]:
+        settle = self.config.settle
+        if settle.enabled:
+            stopped = self._settled_stop(settle.min_margin)
+            if stopped is not None:
+                return stopped
+        if any(self.traces[t].status == "running" for t in self._finalists):
+            return []
+        more = self._resume_more() if settle.enabled else []
+        if any(isinstance(a, ResumeTrace) for a in more):
+            return more
+        return more + self._finish_run(self._finished_ballots())  # nothing left to run
+
     def _finalise_diverse(self) -> list[Action]:
         self.phase = "finalising"
         self._finalists = {c.founder for c in self.clusters}
         return self._maybe_finish_finalising()
 
     def _maybe_finish_finalising(self) -> list[Action]:
+        if self._robust():
+            return self._maybe_finish_robust()
         if not all(self.traces[t].terminal for t in self._finalists):
             return []
         return self._finish_run(self._final_ballots())
@@ -318,7 +425,12 @@ class DeepPruneController(Controller):
         ballots.sort(key=lambda b: b.finish_order)
         return ballots[: self.config.finalists]
 
+    def _robust(self) -> bool:
+        return self.config.finalisation == "robust" and self.config.policy == "majority"
+
     def _deadline_ballots(self) -> list[Ballot]:
+        if self._robust():
+            return self._finished_ballots()
         if self.phase == "finalising":
             return self._final_ballots()
         return super()._deadline_ballots()

@@ -28,6 +28,7 @@ __all__ = [
     "Fallback",
     "Phase",
     "TraceStatus",
+    "Unreliability",
     "is_terminal",
     "transition",
 ]
@@ -42,9 +43,14 @@ AbortReason = Literal[
     "losing_cluster",  # it belongs to a cluster that lost
     "deadline",  # the run's deadline passed
     "finalised",  # the vote was final (e.g. a parked member that was not resumed)
+    "vote_settled",  # a finalist still running when the vote was already settled
     "error",  # the run failed
     "cancelled",  # the caller cancelled the run
 ]
+
+#: Why the judge's clustering was not trusted (``DeepPruneResult.judge_unreliable``):
+#: every trace founded its own cluster, several clusters tied for largest, or the finalists split.
+Unreliability = Literal["all_singletons", "tied_clusters", "finalists_split"]
 
 #: Why the vote was not the method's normal vote (``DeepPruneResult.fallback``).
 Fallback = Literal["deadline", "no_voter", "judge_error", "error"]
