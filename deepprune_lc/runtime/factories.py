@@ -8,6 +8,8 @@ They live in the runtime layer because ``replay:demo`` reads the embedded demo p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import ValidationError
 
 from deepprune_lc.backends.pool import load_trace_pool
@@ -15,10 +17,32 @@ from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.core.specs import Spec, SpecError
 from deepprune_lc.demo import load_demo_pool
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
+from deepprune_lc.runtime.registry import factory_check
 
-__all__ = ["lexical_judge", "replay_backend"]
+__all__ = ["check_replay_spec", "lexical_judge", "replay_backend"]
 
 
+def check_replay_spec(spec: Spec) -> None:
+    """``replay``'s spec check (run when a reasoner is constructed): a pool is named, no options,
+    and a pool file exists; reading and validating the file waits for the first use."""
+    if not spec.arg:
+        raise SpecError(
+            f"backend {spec.raw!r}: name the pool, 'replay:demo' or 'replay:<pool.jsonl>'"
+        )
+    spec.check_options()
+    if spec.arg == "demo":
+        return
+    path = Path(spec.arg)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(
+            f"backend {spec.raw!r}: the trace pool {spec.arg!r} {what} (resolved to "
+            f"{path.resolve()}); pass the path of a pool JSONL file, 'replay:<pool.jsonl>', or "
+            "'replay:demo' for the embedded demo pool"
+        )
+
+
+@factory_check(check_replay_spec)
 def replay_backend(spec: Spec) -> ReplayBackend:
     """``replay:demo`` (the embedded demo pool) or ``replay:<pool.jsonl>``; no options."""
     if not spec.arg:

@@ -13,10 +13,21 @@ Specs follow one grammar, ``kind:arg?key=value`` (``deepprune_lc.core.specs``), 
 every kind; the factory gets the parsed ``Spec`` and validates its ``arg`` and ``options``.
 
 Why entry points: ``check_backend_spec`` / ``check_judge_spec`` run when a ``DeepPruneReasoner`` is
-constructed and must stay cheap, so they read only entry-point *names* (package metadata) and never
-import a factory's module; the module (vLLM, torch, ...) is imported on the first
+constructed and must stay cheap, so they read entry-point *names* (package metadata) and never
+import an outside package's factory module; that module (vLLM, torch, ...) is imported on the first
 ``resolve_backend`` / ``resolve_judge`` of that kind. Instances are shared per canonical spec string
 (options sorted), across threads: every reasoner and call naming the same spec gets the same engine.
+
+Checking a spec's argument at construction. A factory may carry a ``check(spec) -> None``
+attribute (``factory_check`` attaches one) that validates the arg and options without creating
+anything: that a file exists, that an option parses. It must be cheap (no engine, no model, no
+network) and raises what creating would (``SpecError``, ``FileNotFoundError``, ...), naming the
+problem and what to do. ``check_backend_spec`` / ``check_judge_spec`` call it only when that costs
+no import of an outside package: for factories registered in code, factories whose module is
+already imported, and the core's own kinds (modules of ``deepprune_lc``, which import no engine by
+the import contracts), so ``DeepPruneReasoner(backend="replay:/missing.jsonl")`` fails at once,
+naming the file. A kind whose module is not loaded yet is checked on its first ``resolve_*``; the
+registry runs the check before every creation too, so both paths raise the same error.
 
 Code that ships no package (a test, a notebook) registers a factory directly with
 ``register_backend(kind, factory)`` / ``register_judge(kind, factory)``. Entry points are listed
@@ -31,7 +42,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, TypeVar
 
 from deepprune_lc.core.ports import GenerationBackend, Judge
 from deepprune_lc.core.specs import Spec, SpecError, parse_spec
@@ -44,6 +55,7 @@ __all__ = [
     "backend_kinds",
     "check_backend_spec",
     "check_judge_spec",
+    "factory_check",
     "judge_kinds",
     "refresh_plugins",
     "register_backend",
@@ -61,6 +73,25 @@ JUDGE_GROUP = "deepprune.judges"
 
 BackendFactory = Callable[[Spec], GenerationBackend]
 JudgeFactory = Callable[[Spec], Judge]
+#: A factory's optional ``check`` attribute: validate a spec without creating anything.
+SpecCheck = Callable[[Spec], None]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def factory_check(check: SpecCheck) -> Callable[[_F], _F]:
+    """Decorator: attach ``check`` to a factory as its ``check`` attribute (module docstring).
+
+    >>> @factory_check(check_my_spec)
+    ... def make_backend(spec: Spec) -> MyBackend: ...
+    """
+
+    def attach(factory: _F) -> _F:
+        factory.__dict__["check"] = check
+        return factory
+
+    return attach
+
 
 #: First-party kinds that ship outside the core: named in the error when they are not installed.
 _INSTALL_HINTS: dict[str, dict[str, str]] = {
@@ -196,10 +227,41 @@ class _Kinds:
         factory: Callable[[Spec], Any] = target
         return factory
 
+    def check(self, spec: Spec) -> None:
+        """Run the factory's ``check`` when that imports nothing new (see the module docstring)."""
+        source = self.source(spec)
+        ep = source.entry_point
+        if ep is None:
+            assert source.factory is not None
+            self.run_check(spec, source, source.factory)
+            return
+        if not (ep.module in sys.modules or ep.module.partition(".")[0] == "deepprune_lc"):
+            return  # its module would have to be imported (an engine, maybe): checked on creation
+        try:
+            factory = self.load(spec, source)
+        except Exception:
+            return  # a registration that cannot load: creating says so, with the whole story
+        self.run_check(spec, source, factory)
+
+    def run_check(self, spec: Spec, source: _Source, factory: Callable[[Spec], Any]) -> None:
+        check = getattr(factory, "check", None)
+        if not callable(check):
+            return
+        try:
+            check(spec)
+        except Exception as exc:
+            if sys.version_info >= (3, 11):
+                exc.add_note(
+                    f"raised while checking {self.what} {spec.raw!r} with the check of kind "
+                    f"{spec.kind!r} ({source.describe()})"
+                )
+            raise
+
     def create(self, spec: Spec) -> Any:
         """A new instance for the spec: the factory's errors carry the kind and where it came from."""
         source = self.source(spec)
         factory = self.load(spec, source)
+        self.run_check(spec, source, factory)
         try:
             instance = factory(spec)
         except Exception as exc:
@@ -252,19 +314,21 @@ def _resolve(kinds: _Kinds, spec: Spec, cache: dict[str, Any]) -> Any:
 def check_backend_spec(spec: object) -> None:
     """Validate a backend or backend spec without loading anything (constructors must stay cheap).
 
-    Checks the grammar and that the kind is registered; the arg and options are the factory's to
-    check, on the first ``resolve_backend``.
+    Checks the grammar and that the kind is registered, and runs the factory's ``check`` where that
+    imports no outside package (the core's kinds, code registrations, modules already imported:
+    see the module docstring); anything else about the arg and options is the factory's to check,
+    on the first ``resolve_backend``.
     """
     if isinstance(spec, GenerationBackend):
         return
-    _parse(_BACKENDS, spec, "'replay:demo' or 'vllm:<model>'")
+    _BACKENDS.check(_parse(_BACKENDS, spec, "'replay:demo' or 'vllm:<model>'"))
 
 
 def check_judge_spec(spec: object) -> None:
     """Validate a judge or judge spec without loading anything (see ``check_backend_spec``)."""
     if isinstance(spec, Judge):
         return
-    _parse(_JUDGES, spec, "'lexical' or 'vllm:<judge model>'")
+    _JUDGES.check(_parse(_JUDGES, spec, "'lexical' or 'vllm:<judge model>'"))
 
 
 def resolve_backend(spec: GenerationBackend | str) -> GenerationBackend:
