@@ -19,7 +19,7 @@ from deepprune_langgraph import DeepPruneState, create_deepprune_node, create_es
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 
-from deepprune_lc import DeepPruneReasoner, PruningConfig, TokensPrefix
+from deepprune_lc import DeepPruneReasoner, PruningConfig, ReplayBackend, TokensPrefix
 from deepprune_lc.demo import load_demo_pool
 
 # The embedded traces are short, so the judge reads 40-token prefixes.
@@ -78,8 +78,12 @@ async def main() -> None:
             print(f"  report: {chunk['report']['messages'][0].content}")
 
     print("\n2. Escalate when the vote is weak (policy='diverse': every cluster votes)")
+    # The demo pool records 8 traces of these questions, and "replay:demo" refuses to serve more.
+    # To walk the whole ladder here, this backend replays them again when "more_traces" asks for
+    # 32 (so the vote keeps its proportions); on an engine, more traces are new samples.
     diverse = DeepPruneReasoner(
-        backend="replay:demo", pruning=PRUNING.model_copy(update={"policy": "diverse"})
+        backend=ReplayBackend(pool, yield_every=1, reuse="cycle"),
+        pruning=PRUNING.model_copy(update={"policy": "diverse"}),
     )
     graph = create_escalating_graph(
         diverse, min_support=0.7, escalate=("more_traces", "clarify"), max_traces=32

@@ -8,8 +8,11 @@ driver, the tests and the benchmarks exercise the real control flow without a mo
 Contract, mirroring an engine:
 
 * the prompt selects the problem (``TracePool.find_by_prompt``; chat prompts use the last user
-  message) and ``trace_index`` selects the recorded trace (modulo the number recorded, unless
-  ``reuse="error"``);
+  message) and ``trace_index`` selects the recorded trace. Past the number recorded,
+  ``reuse="cycle"`` (the constructor's default) replays them again (index modulo the number) and
+  ``reuse="error"`` (what ``replay:`` spec strings build) raises, naming the pool size;
+  ``max_traces(prompt)`` (the ``TraceCapacity`` port) says how many there are, so a run left at
+  the default ``n_traces`` samples no more than that;
 * one ``TraceDelta`` per token; the last token's delta carries ``finish_reason`` (``"stop"``, or
   ``"length"`` when ``sampling.max_tokens`` cuts the trace; resumed tokens count toward the limit);
 * ``sampling.stop`` strings end the trace as vLLM does (``deepprune_lc.backends.stops``): the text
@@ -128,6 +131,17 @@ class ReplayBackend:
             return self.tokenizer.count(prompt)
         return sum(self.tokenizer.count(message.get("content", "")) for message in prompt)
 
+    def max_traces(self, prompt: Prompt) -> int | None:
+        """``TraceCapacity``: how many distinct traces the pool recorded for the prompt's problem.
+
+        ``None`` when the pool does not hold the prompt (the stream then reports it). With
+        ``reuse="cycle"`` more can be streamed, but only as repeats.
+        """
+        try:
+            return len(self.problem_for(prompt).traces)
+        except ValueError:
+            return None
+
     async def astart(self) -> None:
         """``Lifecycle``: nothing to load (the pool is in memory already)."""
 
@@ -167,8 +181,10 @@ class ReplayBackend:
         if trace_index >= n:
             if self.reuse == "error":
                 raise ValueError(
-                    f"trace_index: {trace_index} out of range, problem {problem.id!r} of "
-                    f"{self.pool.source} has {n} traces (reuse='error')"
+                    f"trace_index: {trace_index} out of range: the replay pool {self.pool.source} "
+                    f"recorded {n} traces of problem {problem.id!r}, so a run can use at most "
+                    f"n_traces={n} (leave n_traces unset to use them all; "
+                    "ReplayBackend(pool, reuse='cycle') replays them again instead)"
                 )
             return trace_index % n
         return trace_index

@@ -26,6 +26,7 @@ __all__ = [
     "Lifecycle",
     "PrefixPair",
     "Prompt",
+    "TraceCapacity",
     "TraceDelta",
     "TraceRequest",
 ]
@@ -90,6 +91,24 @@ class GenerationBackend(Protocol):
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies (for usage reporting)."""
+        ...
+
+
+@runtime_checkable
+class TraceCapacity(Protocol):
+    """Optional: a backend that can serve only so many distinct traces of a prompt.
+
+    A sampling engine draws a new trace for every seed; a backend that replays recorded traces has
+    a fixed number per prompt, and asking for more can only repeat them (repeated traces agree with
+    themselves, so they would inflate the vote). A run whose ``n_traces`` was left at its default
+    asks ``max_traces(prompt)`` first and samples at most that many; an ``n_traces`` the caller
+    set is kept, and the backend decides what asking for more means (the replay backend raises,
+    naming the pool size, unless told to cycle).
+    """
+
+    def max_traces(self, prompt: Prompt) -> int | None:
+        """Distinct traces this backend can produce for ``prompt``; ``None`` for no limit (or a
+        prompt it does not recognise, which the run's stream will then report)."""
         ...
 
 

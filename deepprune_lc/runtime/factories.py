@@ -44,7 +44,13 @@ def check_replay_spec(spec: Spec) -> None:
 
 @factory_check(check_replay_spec)
 def replay_backend(spec: Spec) -> ReplayBackend:
-    """``replay:demo`` (the embedded demo pool) or ``replay:<pool.jsonl>``; no options."""
+    """``replay:demo`` (the embedded demo pool) or ``replay:<pool.jsonl>``; no options.
+
+    The backend does not cycle (``reuse="error"``): a run left at the default ``n_traces`` uses at
+    most the traces recorded for its question (``ReplayBackend.max_traces``), and a run that asks
+    for more fails with an error naming the pool size instead of replaying the same traces again,
+    which would make duplicates agree with themselves and inflate the vote.
+    """
     if not spec.arg:
         raise SpecError(
             f"backend {spec.raw!r}: name the pool, 'replay:demo' or 'replay:<pool.jsonl>'"
@@ -52,7 +58,7 @@ def replay_backend(spec: Spec) -> ReplayBackend:
     spec.check_options()
     pool = load_demo_pool() if spec.arg == "demo" else load_trace_pool(spec.arg)
     # One token per event-loop turn: concurrent traces interleave as on a batching engine.
-    return ReplayBackend(pool, yield_every=1)
+    return ReplayBackend(pool, yield_every=1, reuse="error")
 
 
 def lexical_judge(spec: Spec) -> LexicalJudge:

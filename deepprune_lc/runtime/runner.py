@@ -18,7 +18,7 @@ from deepprune_lc.core.controllers import (
     SelfConsistencyController,
 )
 from deepprune_lc.core.events import DeepPruneEvent, EventListener
-from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt
+from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt, TraceCapacity
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.runtime.driver import Driver, iterate_events, validate_prompt
 
@@ -71,6 +71,24 @@ class _ParallelRunner:
         return iterate_events(start)
 
 
+def fit_n_traces(
+    config: PruningConfig, backend: GenerationBackend, prompt: Prompt
+) -> PruningConfig:
+    """``config`` with ``n_traces`` capped at the backend's distinct traces for ``prompt``, when the
+    caller left ``n_traces`` at its default.
+
+    The default (16) is a sampling engine's; a backend that replays recorded traces
+    (``TraceCapacity``) may hold fewer, and asking it for more would only repeat them. An
+    ``n_traces`` the caller set (it is in the config's ``model_fields_set``) is never changed.
+    """
+    if "n_traces" in config.model_fields_set or not isinstance(backend, TraceCapacity):
+        return config
+    capacity = backend.max_traces(prompt)
+    if capacity is None or capacity >= config.n_traces:
+        return config
+    return config.model_copy(update={"n_traces": max(1, capacity)})
+
+
 class DeepPrune(_ParallelRunner):
     """Parallel reasoning that stops redundant traces early (Tu et al., 2025).
 
@@ -94,16 +112,17 @@ class DeepPrune(_ParallelRunner):
         self.config = config if config is not None else PruningConfig()
 
     def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
-        controller = DeepPruneController(self.config, self.answers)
+        config = fit_n_traces(self.config, self.backend, prompt)
+        controller = DeepPruneController(config, self.answers)
         return Driver(
             self.backend,
             self.judge,
             controller,
             prompt=prompt,
             sampling=self.sampling,
-            run=self.config,
+            run=config,
             listeners=listeners,
-            policy=self.config.policy,
+            policy=config.policy,
         )
 
 

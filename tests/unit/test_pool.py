@@ -127,11 +127,14 @@ def test_pool_iterates_over_problems_and_rejects_duplicate_ids() -> None:
         TracePool(problems=[a, a])
 
 
+GRADE_SCHOOL = ("demo-bakery", "demo-pencils", "demo-train")
+
+
 def test_demo_pool_is_embedded_and_well_formed() -> None:
     pool = load_demo_pool()
     assert Path(str(DEMO_POOL_PATH)).name == "demo_pool.jsonl"
-    assert len(pool) == 3
-    for problem in pool:
+    assert [problem.id for problem in pool] == [*GRADE_SCHOOL, "demo-divisors"]
+    for problem in (pool.by_id(problem_id) for problem_id in GRADE_SCHOOL):
         assert len(problem.traces) == 8
         assert problem.answer is not None
         correct = [t.reference_answer == problem.answer for t in problem.traces]
@@ -141,3 +144,26 @@ def test_demo_pool_is_embedded_and_well_formed() -> None:
             assert 80 <= words <= 200, (problem.id, words)
             assert f"\\boxed{{{trace.reference_answer}}}" in trace.text
             assert trace.reference_correct == (trace.reference_answer == problem.answer)
+
+
+def test_the_readme_question_has_long_traces_that_reach_the_default_prefix() -> None:
+    """``demo-divisors`` is the README's question: 16 traces in a reasoning model's style, each
+    reaching the default prefix (25 reasoning words) well before its end, so the library defaults
+    can prune on it; most are right (24) and a few make a plausible mistake."""
+    from deepprune_lc.backends.tokenizer import RegexTokenizer
+    from deepprune_lc.core.config import ReasoningWordsPrefix
+    from deepprune_lc.core.prefix import reasoning_word_prefix
+
+    problem = load_demo_pool().by_id("demo-divisors")
+    assert problem.problem == "How many positive divisors does 360 have?"
+    assert problem.answer == "24" and len(problem.traces) == 16
+    answers = [trace.reference_answer for trace in problem.traces]
+    assert answers.count("24") == 13 and sorted(set(answers)) == ["18", "22", "24"]
+    tokenizer = RegexTokenizer()
+    for trace in problem.traces:
+        assert f"\\boxed{{{trace.reference_answer}}}" in trace.text
+        assert trace.reference_correct == (trace.reference_answer == "24")
+        prefix = reasoning_word_prefix(trace.text, ReasoningWordsPrefix())
+        assert prefix is not None, trace.text[:60]
+        tokens, prefix_tokens = tokenizer.count(trace.text), tokenizer.count(prefix)
+        assert 300 <= tokens <= 600 and prefix_tokens <= 0.85 * tokens, (tokens, prefix_tokens)

@@ -18,6 +18,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from lg_helpers import DIVERSE, GARDEN, PRUNING, garden_pool, reasoner, run_graph, stream_chunks
 
 from deepprune_lc import DeepPruneReasoner
+from deepprune_lc.demo import load_demo_pool
 
 # -- vote_support -------------------------------------------------------------------------------
 
@@ -242,12 +243,16 @@ def test_escalating_graph_needs_a_deepprune_reasoner() -> None:
         create_escalating_graph(_stronger)  # type: ignore[arg-type]
 
 
-def test_the_original_model_keeps_its_trace_count(bakery: str) -> None:
-    """``more_traces`` runs a separate reasoner, even when the original has already run."""
+def test_the_original_model_keeps_its_trace_count() -> None:
+    """``more_traces`` runs a separate reasoner, even when the original has already run.
+
+    On the demo question with 16 recorded traces: ``replay:demo`` replays each recorded trace
+    once, so a run of 16 needs a question with 16 of them."""
+    question = load_demo_pool().by_id("demo-divisors").problem
     model = reasoner(pruning=DIVERSE)
-    model.invoke(bakery)  # creates the model's runner first
+    model.invoke(question)  # creates the model's runner first
     graph = create_escalating_graph(model, min_support=1.0, max_traces=16)
-    state = graph.invoke({"messages": [bakery]})
+    state = graph.invoke({"messages": [question]})
     assert [a["n_traces"] for a in state["attempts"]] == [8, 16]
     assert sum(state["deepprune"]["trace_status"].values()) == 16
     assert model.pruning.n_traces == 8
