@@ -425,13 +425,13 @@ class Driver:
             raise
         except Exception as exc:
             trace.stream_open = False
-            self._fail(
-                GenerationError(
-                    f"trace {trace.trace_id} failed mid-stream after "
-                    f"{len(trace.token_ids)} tokens: {exc!r}"
-                ),
-                cause=exc,
-            )
+            if len(trace.token_ids) > len(resume_ids):
+                where = f"failed mid-stream after {len(trace.token_ids)} tokens"
+            elif resume_ids:
+                where = f"failed before its first token after resuming at {len(resume_ids)}"
+            else:  # nothing streamed: the request itself failed (unknown prompt, engine down)
+                where = "failed before its first token"
+            self._fail(GenerationError(f"trace {trace.trace_id} {where}: {exc!r}"), cause=exc)
             return
         finally:
             aclose = getattr(stream, "aclose", None)
