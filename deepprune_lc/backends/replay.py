@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import threading
 from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ class ReplayBackend:
         self._prompts: dict[str, PoolProblem] = {}
         self._live: set[str] = set()
         self._aborted: set[str] = set()
+        # Guards the tokenizer's growing vocabulary: ``prompt_token_ids`` may be called from any
+        # thread (LangChain's ``get_token_ids``) while a run tokenises traces on its loop.
+        self._vocab_lock = threading.Lock()
 
     # ------------------------------------------------------------------ protocol
 
@@ -130,6 +134,16 @@ class ReplayBackend:
         if isinstance(prompt, str):
             return self.tokenizer.count(prompt)
         return sum(self.tokenizer.count(message.get("content", "")) for message in prompt)
+
+    def prompt_token_ids(self, prompt: Prompt) -> list[int]:
+        """``PromptTokenIds``: the ids ``count_prompt_tokens`` counts (``RegexTokenizer``'s).
+
+        The tokenizer is the documented approximation of a BPE tokenizer, so these ids are only
+        meaningful within this backend (they are not a real model's vocabulary). Thread-safe.
+        """
+        texts = [prompt] if isinstance(prompt, str) else [m.get("content", "") for m in prompt]
+        with self._vocab_lock:
+            return [i for text in texts for i in self.tokenizer.encode(text)]
 
     def max_traces(self, prompt: Prompt) -> int | None:
         """``TraceCapacity``: how many distinct traces the pool recorded for the prompt's problem.
@@ -194,7 +208,9 @@ class ReplayBackend:
         tokens = self._tokens.get(key)
         if tokens is None:
             pieces = self.tokenizer.split(problem.traces[index].text)
-            tokens = _Tokens.of(self.tokenizer.ids_of(pieces), pieces)
+            with self._vocab_lock:
+                ids = self.tokenizer.ids_of(pieces)
+            tokens = _Tokens.of(ids, pieces)
             self._tokens[key] = tokens
         return tokens
 

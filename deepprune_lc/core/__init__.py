@@ -31,6 +31,7 @@ from deepprune_lc.core.ports import (
     Lifecycle,
     PrefixPair,
     Prompt,
+    PromptTokenIds,
     TraceDelta,
     TraceRequest,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Lifecycle",
     "PrefixPair",
     "Prompt",
+    "PromptTokenIds",
     "PruningConfig",
     "ReasoningWordsPrefix",
     "RunSummary",

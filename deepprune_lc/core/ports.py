@@ -26,6 +26,7 @@ __all__ = [
     "Lifecycle",
     "PrefixPair",
     "Prompt",
+    "PromptTokenIds",
     "TraceCapacity",
     "TraceDelta",
     "TraceRequest",
@@ -91,6 +92,21 @@ class GenerationBackend(Protocol):
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies (for usage reporting)."""
+        ...
+
+
+@runtime_checkable
+class PromptTokenIds(Protocol):
+    """Optional: a backend that can show the token ids it would prefill for a prompt.
+
+    Not part of ``GenerationBackend``: the driver never needs ids of a prompt, only their count
+    (``count_prompt_tokens``). What uses it is token counting outside a run, such as LangChain's
+    ``get_token_ids``, which must use the backend's own tokenizer and never download one. The ids
+    follow the backend's rendering rule, so ``len(prompt_token_ids(p)) == count_prompt_tokens(p)``.
+    """
+
+    def prompt_token_ids(self, prompt: Prompt) -> Sequence[int]:
+        """The prompt's token ids, as this backend renders and counts it."""
         ...
 
 

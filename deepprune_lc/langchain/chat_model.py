@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,12 +28,12 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.utils import LC_ID_PREFIX
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from deepprune_lc.core.answers import AnswerRules
 from deepprune_lc.core.config import PruningConfig, SamplingConfig
 from deepprune_lc.core.errors import DeepPruneTimeoutError
-from deepprune_lc.core.ports import GenerationBackend, Judge
+from deepprune_lc.core.ports import GenerationBackend, Judge, PromptTokenIds
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.langchain.callbacks import (
     NOSTREAM_TAG,
@@ -41,7 +42,13 @@ from deepprune_lc.langchain.callbacks import (
     child_manager,
 )
 from deepprune_lc.langchain.messages import messages_to_prompt, split_thinking
-from deepprune_lc.langchain.parameters import fold_standard_parameters
+from deepprune_lc.langchain.parameters import (
+    SAMPLING_PARAMETERS,
+    call_configs,
+    effective_settings,
+    fold_standard_parameters,
+    split_call_parameters,
+)
 from deepprune_lc.langchain.streaming import STREAM_CALL, ChunkHandoff, as_last_chunk
 from deepprune_lc.runtime.loop import run_sync
 from deepprune_lc.runtime.registry import (
@@ -60,6 +67,14 @@ class DeepPruneReasoner(BaseChatModel):
     ``"replay:<pool.jsonl>"``, ``"replay:demo"``, ``"vllm:<model>"``, ``"transformers:<model>"``;
     judges ``"lexical"``, ``"embedding"``, ``"vllm:<judge model>"``. Engines are created on first use
     and shared by every reasoner naming the same spec.
+
+    LangChain's standard parameters are fields, as on any LangChain chat model: ``temperature``,
+    ``top_p``, ``top_k``, ``max_tokens``, ``stop`` and ``timeout`` (the run's wall-clock budget,
+    ``pruning.deadline_s``). ``None`` means "use ``sampling`` / ``pruning``"; a set value wins over
+    them. A call may set the same names (``invoke(q, temperature=0.2)``, ``bind(max_tokens=16)``),
+    winning over the fields for that call, and ``model_copy(update=...)`` and
+    ``configurable_fields`` reach them too; everything is validated when the call starts, by the
+    configs' own rules (``parameters.py``).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -73,6 +88,21 @@ class DeepPruneReasoner(BaseChatModel):
     )
     model_name: str | None = Field(
         default=None, description="Name reported to LangSmith; defaults to the backend spec."
+    )
+    temperature: float | None = Field(
+        default=None, description="Sampling temperature; None: sampling.temperature."
+    )
+    top_p: float | None = Field(default=None, description="Nucleus sampling; None: sampling.top_p.")
+    top_k: int | None = Field(default=None, description="Top-k sampling; None: sampling.top_k.")
+    max_tokens: int | None = Field(
+        default=None, description="Tokens per trace at most; None: sampling.max_tokens."
+    )
+    stop: str | list[str] | None = Field(
+        default=None, description="Stop string(s) for every trace; None: sampling.stop."
+    )
+    timeout: float | None = Field(
+        default=None,
+        description="The run's wall-clock budget in seconds; None: pruning.deadline_s.",
     )
 
     _runner: DeepPrune | None = PrivateAttr(default=None)
@@ -117,31 +147,153 @@ class DeepPruneReasoner(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
+        """The model's effective settings: ``sampling`` / ``pruning`` with the flat fields over them."""
+        sampling, pruning = effective_settings(self.sampling, self.pruning, self._flat_parameters())
         return {
             "model_name": self.resolved_model_name,
             "judge": self.judge if isinstance(self.judge, str) else type(self.judge).__name__,
-            "pruning": self.pruning.model_dump(mode="json"),
-            "sampling": self.sampling.model_dump(mode="json"),
+            "pruning": pruning,
+            "sampling": sampling,
         }
 
+    def _flat_parameters(self) -> dict[str, Any]:
+        """The flat standard fields as set on this instance (``None``: not set)."""
+        return {name: getattr(self, name) for name in (*SAMPLING_PARAMETERS, "timeout")}
+
+    def _call_layers(self, stop: list[str] | None, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        """What lies over ``sampling`` / ``pruning`` for one call: the fields, then the call's values
+        (unknown keywords left out: the call itself refuses them)."""
+        call = {k: v for k, v in kwargs.items() if k in (*SAMPLING_PARAMETERS, "timeout")}
+        if stop:
+            call["stop"] = stop
+        return [self._flat_parameters(), call]
+
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """LangSmith's standard parameters with this call's values (``invoke(q, temperature=...)``)."""
+        sampling, _ = effective_settings(
+            self.sampling, self.pruning, *self._call_layers(stop, kwargs)
+        )
         params = LangSmithParams(
             ls_provider="deepprune",
             ls_model_name=self.resolved_model_name,
             ls_model_type="chat",
-            ls_temperature=self.sampling.temperature,
-            ls_max_tokens=self.sampling.max_tokens,
+            ls_temperature=sampling["temperature"],
+            ls_max_tokens=sampling["max_tokens"],
         )
-        if stop or self.sampling.stop:
-            params["ls_stop"] = list(stop or self.sampling.stop)
+        if sampling["stop"]:
+            params["ls_stop"] = list(sampling["stop"])
         return params
+
+    def _get_invocation_params(
+        self, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """LangChain's invocation params, with ``sampling`` / ``pruning`` as this call runs them."""
+        params = super()._get_invocation_params(stop=stop, **kwargs)
+        params["sampling"], params["pruning"] = effective_settings(
+            self.sampling, self.pruning, *self._call_layers(stop, kwargs)
+        )
+        return params
+
+    # -- serialisation ---------------------------------------------------------------------------
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """Serialisable with ``dumpd``/``dumps`` and back with ``load``/``loads``; no secrets.
+
+        Spec strings (``backend="vllm:<model>"``, ``judge="lexical"``, ``answers="math"``) and the
+        configs serialise as constructor arguments. An object (a backend, judge or ``AnswerRules``
+        instance) cannot: it appears as LangChain's ``not_implemented`` marker, so ``dumpd`` still
+        describes the model (tracing calls it on every run) and ``load`` refuses it, naming its class.
+        """
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        """``["deepprune_lc", "langchain"]``: the public package, not the module that defines it, so
+        a serialised reasoner loads whatever module the class lives in later (load with
+        ``valid_namespaces=["deepprune_lc"]``)."""
+        return ["deepprune_lc", "langchain"]
+
+    @property
+    def lc_attributes(self) -> dict[str, Any]:
+        """The configs as JSON (pydantic models that are not LangChain ``Serializable``).
+
+        Only the fields that differ from their defaults, as LangChain serialises a model's own
+        fields: a config field added later takes its default on load (nested values are kept
+        whole, so a prefix policy keeps its ``kind``).
+        """
+        return {
+            "pruning": _non_default_json(self.pruning),
+            "sampling": _non_default_json(self.sampling),
+        }
+
+    # -- token counting --------------------------------------------------------------------------
+    def _counting_backend(self) -> GenerationBackend:
+        """The backend (the one runs use: specs resolve to a shared instance), without resolving
+        the judge, which counting must not load."""
+        return resolve_backend(self.backend)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the backend's own tokenizer (never a download).
+
+        The backend must offer ``PromptTokenIds`` (replay: ``RegexTokenizer``'s ids, its documented
+        approximation; the engines: their model's tokenizer). ``custom_get_token_ids`` wins when set.
+        """
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        if not text:
+            return []
+        backend = self._counting_backend()
+        if not isinstance(backend, PromptTokenIds):
+            raise NotImplementedError(
+                f"{type(backend).__name__} does not expose token ids (PromptTokenIds); "
+                "get_num_tokens and get_num_tokens_from_messages count with its "
+                "count_prompt_tokens instead"
+            )
+        return list(backend.prompt_token_ids(text))
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as a plain prompt, by the backend's ``count_prompt_tokens``."""
+        if self.custom_get_token_ids is not None:
+            return len(self.custom_get_token_ids(text))
+        if not text:
+            return 0
+        return self._counting_backend().count_prompt_tokens(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of ``messages`` as the backend would see them, so ``trim_messages`` can use it.
+
+        The messages become the chat prompt a call sends and the backend counts that prompt: on an
+        engine, the rendered chat template (role markers and the generation prompt included); on
+        replay, its tokenizer over the message contents. ``tools`` are ignored (with a warning, as
+        LangChain's default does): this model takes none.
+        """
+        if tools:
+            warnings.warn(
+                "DeepPruneReasoner takes no tools: counting tokens ignores them", stacklevel=2
+            )
+        if self.custom_get_token_ids is not None:
+            return super().get_num_tokens_from_messages(messages)
+        if not messages:
+            return 0
+        return self._counting_backend().count_prompt_tokens(messages_to_prompt(messages))
 
     # -- unsupported capabilities ----------------------------------------------------------------
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        """Refused: tool calls cannot be majority-voted.
+
+        Agent factories reach this at different times: LangGraph's ``create_react_agent`` binds
+        the tools while building the graph, so building fails; LangChain's ``create_agent`` builds
+        without touching the model and binds on the agent's first model call, so that call fails
+        with this same error (neither offers an earlier hook). Without tools both work.
+        """
         raise NotImplementedError(
             "DeepPruneReasoner votes over the final answers of parallel reasoning traces; tool "
             "calls cannot be voted on, so it does not support tools. Use it for the reasoning "
-            "step and a regular chat model for tool use."
+            "step and a regular chat model for tool use: in an agent (create_agent, "
+            "create_react_agent), give the agent a tool-calling model and call DeepPruneReasoner "
+            "from a tool or a graph node, or build the agent with no tools."
         )
 
     def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
@@ -288,23 +440,26 @@ class DeepPruneReasoner(BaseChatModel):
         node adds a handler that writes them to the graph's custom stream). ``stream_writer``, for
         direct callers of this method, is also called with ``{"event": name, "data": payload}``
         for each event, from the loop the run executes on.
+
+        ``kwargs`` are LangChain's standard parameters for this call only (``temperature``,
+        ``top_p``, ``top_k``, ``max_tokens``, ``timeout``; ``stop`` has its own argument), over the
+        model's fields and configs. They are validated before anything runs (``ValueError`` naming
+        the parameter); any other keyword is a ``TypeError``. The cached runner is kept: the call
+        runs a ``DeepPrune`` of its own with the merged configs.
         """
-        if kwargs:
-            raise TypeError(f"DeepPruneReasoner got unexpected arguments: {sorted(kwargs)}")
+        call_parameters = split_call_parameters(kwargs)
+        sampling, pruning = call_configs(
+            self.sampling, self.pruning, *self._call_layers(stop, call_parameters)
+        )
         if isinstance(messages, str):
             messages = [HumanMessage(messages)]
         prompt = messages_to_prompt(messages)
         runner = self._deepprune()
-        sampling = runner.sampling
-        if stop:
-            sampling = sampling.model_copy(update={"stop": tuple(stop)})
         judge: Judge = runner.judge
         if run_manager is not None:
             judge = TracedJudge(judge, child_manager(run_manager, NOSTREAM_TAG), str(self.judge))
         bridge = EventBridge(run_manager, stream_writer)
-        call = DeepPrune(
-            runner.backend, judge, runner.config, sampling=sampling, answers=runner.answers
-        )
+        call = DeepPrune(runner.backend, judge, pruning, sampling=sampling, answers=runner.answers)
         try:
             result = await call.run(prompt, listeners=[bridge])
         finally:
@@ -359,6 +514,50 @@ class DeepPruneReasoner(BaseChatModel):
         message.id = message.id or f"{LC_ID_PREFIX}-{run_id}"
         return ChatGenerationChunk(message=as_last_chunk(message))
 
+    def _chat_result(self, message: AIMessage) -> ChatResult:
+        """The generation plus ``llm_output`` as ChatOpenAI fills it (token usage, model name)."""
+        return ChatResult(
+            generations=[ChatGeneration(message=message)], llm_output=self._llm_output(message)
+        )
+
+    def _llm_output(self, message: AIMessage) -> dict[str, Any]:
+        """``llm_output``: OpenAI-style ``token_usage``, model name and provider, and the summary.
+
+        Older LangChain code (callbacks reading ``LLMResult.llm_output``, cost trackers) reads usage
+        here rather than from ``usage_metadata``; the numbers are the same.
+        """
+        usage = message.usage_metadata
+        assert usage is not None, "_message always sets usage_metadata"
+        return {
+            "token_usage": {
+                "prompt_tokens": usage["input_tokens"],
+                "completion_tokens": usage["output_tokens"],
+                "total_tokens": usage["total_tokens"],
+                "prompt_tokens_details": {
+                    "cached_tokens": usage.get("input_token_details", {}).get("cache_read", 0)
+                },
+                "completion_tokens_details": {
+                    "reasoning_tokens": usage.get("output_token_details", {}).get("reasoning", 0)
+                },
+            },
+            "model_name": message.response_metadata["model_name"],
+            "model_provider": "deepprune",
+            "deepprune": message.response_metadata["deepprune"],
+        }
+
+    def _combine_llm_outputs(self, llm_outputs: list[dict[str, Any] | None], /) -> dict[str, Any]:
+        """``generate``/``batch``'s ``llm_output``: token usage summed over the prompts (as
+        ChatOpenAI does); each run's summary stays on its own message and ``llm_output``."""
+        usage: dict[str, Any] = {}
+        for output in llm_outputs:
+            if output:
+                _add_usage(usage, output.get("token_usage", {}))
+        return {
+            "token_usage": usage,
+            "model_name": self.resolved_model_name,
+            "model_provider": "deepprune",
+        }
+
     async def _agenerate(
         self,
         messages: list[BaseMessage],
@@ -375,7 +574,7 @@ class DeepPruneReasoner(BaseChatModel):
             if isinstance(handoff, ChunkHandoff):
                 assert isinstance(chunk.message, AIMessageChunk)
                 await handoff.deliver(chunk.message)
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return self._chat_result(message)
 
     def _generate(
         self,
@@ -389,7 +588,7 @@ class DeepPruneReasoner(BaseChatModel):
         if run_manager is not None and self._reports_chunk(run_manager, **kwargs):
             chunk = self._report_chunk(message, run_manager.run_id)
             run_manager.on_llm_new_token(message.text, chunk=chunk)
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return self._chat_result(message)
 
     async def _astream(
         self,
@@ -416,6 +615,26 @@ class DeepPruneReasoner(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         result = run_sync(self.arun(messages, stop=stop, run_manager=run_manager, **kwargs))
         yield ChatGenerationChunk(message=self._message(result, chunk=True))
+
+
+def _non_default_json(config: BaseModel) -> dict[str, Any]:
+    """``config``'s top-level fields that differ from their defaults, as JSON."""
+    fields = type(config).model_fields
+    dumped = config.model_dump(mode="json")
+    return {
+        name: dumped[name]
+        for name, field in fields.items()
+        if getattr(config, name) != field.get_default(call_default_factory=True)
+    }
+
+
+def _add_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:
+    """Add an OpenAI-style usage dict into ``total`` (nested detail dicts included)."""
+    for key, value in usage.items():
+        if isinstance(value, dict):
+            _add_usage(total.setdefault(key, {}), value)
+        elif isinstance(value, int | float):
+            total[key] = total.get(key, 0) + value
 
 
 def _answer_or_timeout(result: DeepPruneResult, deadline_s: float | None) -> DeepPruneResult:

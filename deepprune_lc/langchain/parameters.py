@@ -1,34 +1,61 @@
-"""LangChain's standard chat-model parameters, taken flat and folded into DeepPrune's configs."""
+"""LangChain's standard chat-model parameters: flat fields, per-call values, and DeepPrune's configs.
+
+The reasoner takes LangChain's standard sampling parameters flat (``temperature``, ``top_p``,
+``top_k``, ``max_tokens``, ``stop``) and ``timeout``, as real fields, the way langchain-openai and
+langchain-ollama do, so that everything LangChain offers to change a model reaches them: a per-call
+keyword (``model.invoke(q, temperature=0.2)``), ``bind(max_tokens=16)``,
+``model_copy(update={"temperature": 0.1})`` and ``configurable_fields(temperature=...)``.
+
+They are layered over DeepPrune's own configs, later layers winning, ``None`` meaning "not set":
+``sampling`` / ``pruning`` < the flat fields < the call's values. ``timeout`` is the run's wall-clock
+budget, ``pruning.deadline_s``. The merge happens at call time (``call_configs``) and is validated
+there by the configs themselves, so a bad per-call value fails with the same rules as a bad
+constructor value, before any engine work. At construction the flat values are also folded into
+``sampling`` and ``pruning`` (``fold_standard_parameters``), so ``model.sampling`` shows what the
+model was built with.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from deepprune_lc.core.config import PruningConfig, SamplingConfig
 
-__all__ = ["fold_standard_parameters"]
+__all__ = [
+    "CALL_PARAMETERS",
+    "SAMPLING_PARAMETERS",
+    "call_configs",
+    "effective_settings",
+    "fold_standard_parameters",
+    "split_call_parameters",
+]
 
-#: LangChain's standard sampling parameters, accepted flat and folded into ``sampling``.
-_SAMPLING_SHORTCUTS = ("temperature", "top_p", "top_k", "max_tokens", "stop")
+#: LangChain's standard sampling parameters: reasoner fields, per-call keywords, ``sampling`` fields.
+SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k", "max_tokens", "stop")
+#: What a call may set (``invoke`` keywords, ``bind``): the sampling parameters and the deadline.
+CALL_PARAMETERS = frozenset({*SAMPLING_PARAMETERS, "timeout"})
 #: Parameters generic LangChain tooling passes to every chat model, meaningless here: a local engine
 #: has no client to retry or authenticate, and the answer is one chunk whether streamed or not.
 _DROPPED_CLIENT_PARAMS = ("max_retries", "api_key", "streaming")
-_STANDARD_PARAMS = frozenset({*_SAMPLING_SHORTCUTS, *_DROPPED_CLIENT_PARAMS, "timeout"})
+
+_Config = TypeVar("_Config", bound=BaseModel)
+#: Config fields a call sets under another name.
+_CALL_NAMES = {"deadline_s": "timeout"}
 
 
 def fold_standard_parameters(model: type[BaseChatModel], data: Any) -> Any:
-    """Take LangChain's standard chat-model parameters flat; refuse any other unknown name.
+    """Construction: refuse unknown names, drop client-only ones, fold flat values into the configs.
 
-    ``temperature``, ``top_p``, ``top_k``, ``max_tokens`` and ``stop`` set the matching
-    ``sampling`` fields and ``timeout`` sets ``pruning.deadline_s`` (the run's wall-clock
-    budget: at the deadline running traces are aborted and the finished ones vote). Flat values
-    win over the same fields of an explicit config. ``max_retries``, ``api_key`` and
-    ``streaming``, which generic LangChain tooling passes to any chat model, mean nothing here
-    and are dropped. Anything else is an error that names the argument, so ``n_traces=32`` is not
-    silently ignored (pydantic would drop it).
+    The flat fields keep their values (``model.temperature``) and are also laid over the matching
+    ``sampling`` fields (``timeout`` over ``pruning.deadline_s``), so flat values win over the same
+    fields of an explicit config and the configs validate them here, naming the field. ``max_retries``,
+    ``api_key`` and ``streaming``, which generic LangChain tooling passes to any chat model, mean
+    nothing here and are dropped. Anything else unknown is an error that names the argument, so
+    ``n_traces=32`` is not silently ignored (pydantic would drop it).
     """
     if not isinstance(data, dict):
         return data
@@ -36,20 +63,117 @@ def fold_standard_parameters(model: type[BaseChatModel], data: Any) -> Any:
     data = {k: v for k, v in data.items() if k not in _DROPPED_CLIENT_PARAMS}
     if data.get("timeout") is not None:
         data = _fold(data, "pruning", PruningConfig, {"deadline_s": data["timeout"]})
-    data.pop("timeout", None)
-    flat = {k: data[k] for k in _SAMPLING_SHORTCUTS if data.get(k) is not None}
+    flat = {k: data[k] for k in SAMPLING_PARAMETERS if data.get(k) is not None}
     if "stop" in flat:
-        stop = flat["stop"]
-        flat["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-    data = {k: v for k, v in data.items() if k not in _SAMPLING_SHORTCUTS}
+        flat["stop"] = _as_stop(flat["stop"])
     return _fold(data, "sampling", SamplingConfig, flat) if flat else data
+
+
+def split_call_parameters(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The call's standard parameters; ``TypeError`` naming any other keyword (as an API client does).
+
+    ``None`` values mean "not set" (generic code passes ``temperature=None`` to mean the default).
+    """
+    unknown = sorted(k for k in kwargs if k not in CALL_PARAMETERS)
+    if unknown:
+        raise TypeError(
+            f"DeepPruneReasoner got unexpected arguments: {unknown} (a call takes "
+            f"{sorted(CALL_PARAMETERS)}; set anything else on the model or its configs)"
+        )
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def call_configs(
+    sampling: SamplingConfig, pruning: PruningConfig, *layers: Mapping[str, Any]
+) -> tuple[SamplingConfig, PruningConfig]:
+    """The run's configs: ``layers`` (flat fields, then the call's values) over the model's configs.
+
+    Validated by ``SamplingConfig`` / ``PruningConfig``, so the rules are the constructor's; a bad
+    value raises ``ValueError`` naming the parameter as the caller spelled it (``timeout``, not
+    ``deadline_s``). When nothing differs the model's own config objects are returned as they are.
+    """
+    values = _layered(layers)
+    sampling_updates = {
+        k: values[k]
+        for k in SAMPLING_PARAMETERS
+        if k in values and values[k] != getattr(sampling, k)
+    }
+    pruning_updates = (
+        {"deadline_s": values["timeout"]}
+        if "timeout" in values and values["timeout"] != pruning.deadline_s
+        else {}
+    )
+    return (
+        _validated(SamplingConfig, sampling, sampling_updates),
+        _validated(PruningConfig, pruning, pruning_updates),
+    )
+
+
+def effective_settings(
+    sampling: SamplingConfig, pruning: PruningConfig, *layers: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """JSON-ready ``(sampling, pruning)`` with ``layers`` laid over them, *not* validated.
+
+    For what LangChain reports before the call runs (tracing metadata, invocation params): the
+    call's own validation (``call_configs``) raises for a bad value, and reporting must not.
+    """
+    values = _layered(layers)
+    sampling_json = sampling.model_dump(mode="json")
+    sampling_json.update({k: values[k] for k in SAMPLING_PARAMETERS if k in values})
+    if "stop" in values:
+        sampling_json["stop"] = list(values["stop"])
+    pruning_json = pruning.model_dump(mode="json")
+    if "timeout" in values:
+        pruning_json["deadline_s"] = values["timeout"]
+    return sampling_json, pruning_json
+
+
+def _layered(layers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The set (non-``None``) values of ``layers``, later ones winning; ``stop`` as a tuple."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update({k: v for k, v in layer.items() if k in CALL_PARAMETERS and v is not None})
+    if "stop" in values:
+        values["stop"] = _as_stop(values["stop"])
+    return values
+
+
+def _as_stop(stop: Any) -> Any:
+    """A stop string or strings as the tuple ``SamplingConfig.stop`` holds (other values as given,
+    for validation to report)."""
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, list | tuple):
+        return tuple(stop)
+    return stop
+
+
+def _validated(config: type[_Config], base: _Config, updates: Mapping[str, Any]) -> _Config:
+    if not updates:
+        return base
+    try:
+        return config.model_validate({**base.model_dump(), **updates})
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise ValueError(f"DeepPruneReasoner call parameters: {problems}") from exc
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as ``name=value: message``, named as the caller passed it."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message  # a model-level rule; its message names the field
+    name = str(error["loc"][0])
+    return f"{_CALL_NAMES.get(name, name)}={error.get('input')!r}: {message}"
 
 
 def _refuse_unknown_arguments(model: type[BaseChatModel], data: dict[str, Any]) -> None:
     known = set(model.model_fields) | {
         f.alias for f in model.model_fields.values() if f.alias is not None
     }
-    unknown = sorted(k for k in data if k not in known and k not in _STANDARD_PARAMS)
+    unknown = sorted(
+        k for k in data if k not in known and k not in CALL_PARAMETERS | {*_DROPPED_CLIENT_PARAMS}
+    )
     if not unknown:
         return
     hints = [

@@ -19,7 +19,8 @@ so, like langchain-tests itself, it is for test code only.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 from langchain_core.language_models import BaseChatModel
@@ -27,6 +28,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 
 from deepprune_lc.core.config import PruningConfig, SamplingConfig, TokensPrefix
 from deepprune_lc.langchain.chat_model import DeepPruneReasoner
+
+if TYPE_CHECKING:
+    from syrupy.assertion import SnapshotAssertion
 
 __all__ = [
     "IntegrationSuiteSettings",
@@ -76,7 +80,12 @@ class SuiteCapabilities:
 
 
 class UnitSuiteSettings(SuiteCapabilities):
-    """Mix into a ``ChatModelUnitTests`` subclass (before it)."""
+    """Mix into a ``ChatModelUnitTests`` subclass (before it).
+
+    The unit suite's ``test_serdes`` round-trips the model through ``dumpd`` and ``load``: give it
+    spec strings (``backend="replay:demo"``, ``judge="lexical"``), since a backend or judge object
+    serialises as LangChain's ``not_implemented`` marker, which ``load`` refuses.
+    """
 
     @pytest.mark.xfail(
         reason=(
@@ -88,6 +97,40 @@ class UnitSuiteSettings(SuiteCapabilities):
     )
     def test_standard_params_model_override(self, model: BaseChatModel) -> None:
         super().test_standard_params_model_override(model)  # type: ignore[misc]
+
+    @pytest.fixture
+    def snapshot(self, snapshot: SnapshotAssertion) -> SnapshotAssertion:
+        """langchain-tests' ``test_serdes`` snapshot, with a local model directory as a placeholder.
+
+        An engine suite names its model by a directory built for the session (a new temporary path
+        each run); the snapshot pins everything else of the serialised form.
+        """
+        return snapshot.with_defaults(matcher=_local_paths_as_placeholders)
+
+    @pytest.mark.xfail(
+        reason=(
+            "langchain-core's load(allowed_objects='all') admits only the classes listed in "
+            "langchain_core.load.mapping, so no class outside LangChain's own packages loads as "
+            "this test calls it; the dumpd snapshot before it is checked, and "
+            "load(..., valid_namespaces=['deepprune_lc'], allowed_objects=[DeepPruneReasoner]) "
+            "restores the model (tests/unit/test_chat_model_parity.py)."
+        ),
+        raises=ValueError,
+        strict=True,
+    )
+    def test_serdes(self, model: BaseChatModel, snapshot: SnapshotAssertion) -> None:
+        super().test_serdes(model, snapshot)  # type: ignore[misc]
+
+
+#: ``kind:/an/absolute/path`` at the start of a spec string (the part before any ``?options``).
+_LOCAL_PATH_SPEC = re.compile(r"^([A-Za-z][\w.-]*):/[^?]*")
+
+
+def _local_paths_as_placeholders(*, data: Any, path: Any) -> Any:
+    """syrupy matcher: ``"transformers:/tmp/.../tiny0?x=1"`` -> ``"transformers:<local path>?x=1"``."""
+    if isinstance(data, str):
+        return _LOCAL_PATH_SPEC.sub(r"\1:<local path>", data)
+    return data
 
 
 class IntegrationSuiteSettings(SuiteCapabilities):

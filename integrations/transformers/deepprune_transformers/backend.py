@@ -179,6 +179,14 @@ class TransformersBackend:
         """Tokens the prompt occupies once templated (loads the tokenizer if needed)."""
         return self._renderer.count(prompt)
 
+    def prompt_token_ids(self, prompt: Prompt, *, cache: bool = True) -> list[int]:
+        """``PromptTokenIds``: the ids the engine prefills (``deepprune_lc.backends.rendering``).
+
+        Loads only the tokenizer, from the model's files. ``cache=False`` is for one-off prompts
+        that would only evict the ones worth keeping.
+        """
+        return list(self._renderer.ids(prompt, cache=cache))
+
     # ------------------------------------------------------------------ lifecycle
 
     async def astart(self) -> None:

@@ -177,7 +177,7 @@ class VLLMBackend:
         await self.engine.ashutdown()
 
     def prompt_token_ids(self, prompt: Prompt, *, cache: bool = True) -> list[int]:
-        """The prompt's token ids as submitted (``deepprune_lc.backends.render_prompt_ids``).
+        """``PromptTokenIds``: the ids as submitted (``deepprune_lc.backends.render_prompt_ids``).
 
         Cached per prompt: N traces of one question (and every resume) tokenise it once.
         ``cache=False`` is for one-off prompts (a judge's pair prompts) that would only evict the
