@@ -56,6 +56,7 @@ from deepprune_lc.runtime.registry import (
     check_judge_spec,
     resolve_backend,
     resolve_judge,
+    spec_display_name,
 )
 from deepprune_lc.runtime.runner import DeepPrune
 
@@ -139,11 +140,25 @@ class DeepPruneReasoner(BaseChatModel):
 
     @property
     def resolved_model_name(self) -> str:
+        """The name LangSmith and usage callbacks see: ``model_name``, else the backend's.
+
+        A spec string is shown without local directories or options
+        (``runtime.spec_display_name``: ``replay:/home/me/dev.jsonl`` -> ``replay:dev.jsonl``), so
+        no path of this machine goes out with the runs; a backend object reports its own
+        ``model_name`` (engines: the model, a local model directory by its name).
+        """
         if self.model_name:
             return self.model_name
         if isinstance(self.backend, str):
-            return self.backend
+            return spec_display_name(self.backend)
         return getattr(self.backend, "model_name", type(self.backend).__name__)
+
+    @property
+    def resolved_judge_name(self) -> str:
+        """The judge as runs report it (a spec string shown as ``resolved_model_name`` shows one)."""
+        if isinstance(self.judge, str):
+            return spec_display_name(self.judge)
+        return str(getattr(self.judge, "model_name", type(self.judge).__name__))
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -151,7 +166,7 @@ class DeepPruneReasoner(BaseChatModel):
         sampling, pruning = effective_settings(self.sampling, self.pruning, self._flat_parameters())
         return {
             "model_name": self.resolved_model_name,
-            "judge": self.judge if isinstance(self.judge, str) else type(self.judge).__name__,
+            "judge": self.resolved_judge_name,
             "pruning": pruning,
             "sampling": sampling,
         }
@@ -457,7 +472,9 @@ class DeepPruneReasoner(BaseChatModel):
         runner = self._deepprune()
         judge: Judge = runner.judge
         if run_manager is not None:
-            judge = TracedJudge(judge, child_manager(run_manager, NOSTREAM_TAG), str(self.judge))
+            judge = TracedJudge(
+                judge, child_manager(run_manager, NOSTREAM_TAG), self.resolved_judge_name
+            )
         bridge = EventBridge(run_manager, stream_writer)
         call = DeepPrune(runner.backend, judge, pruning, sampling=sampling, answers=runner.answers)
         try:

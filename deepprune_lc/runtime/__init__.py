@@ -22,6 +22,7 @@ from deepprune_lc.runtime.registry import (
     register_judge,
     resolve_backend,
     resolve_judge,
+    spec_display_name,
     unregister_backend,
     unregister_judge,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "resolve_backend",
     "resolve_judge",
     "run_sync",
+    "spec_display_name",
     "unregister_backend",
     "unregister_judge",
 ]

@@ -42,6 +42,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 from deepprune_lc.core.ports import GenerationBackend, Judge
@@ -62,6 +63,7 @@ __all__ = [
     "register_judge",
     "resolve_backend",
     "resolve_judge",
+    "spec_display_name",
     "unregister_backend",
     "unregister_judge",
 ]
@@ -347,6 +349,35 @@ def resolve_judge(spec: Judge | str) -> Judge:
     parsed = _parse(_JUDGES, spec, "'lexical' or 'vllm:<judge model>'")
     judge: Judge = _resolve(_JUDGES, parsed, _judges)
     return judge
+
+
+def spec_display_name(spec: str) -> str:
+    """A spec as it may be shown off this machine (LangSmith's model name, a usage key).
+
+    A local path in the argument is cut to its last part, the file or directory name
+    (``replay:/home/me/pools/dev.jsonl`` -> ``replay:dev.jsonl``), and the options are left out
+    (they are engine settings, and may hold paths too); a hub id (``vllm:Qwen/Qwen3-8B``) stays.
+    A string that is no valid spec is returned as given.
+    """
+    try:
+        parsed = parse_spec(spec)
+    except SpecError:
+        return spec
+    arg = parsed.arg
+    if arg and _is_local_path(arg):
+        arg = Path(arg).name or arg
+    return f"{parsed.kind}:{arg}" if arg else parsed.kind
+
+
+def _is_local_path(arg: str) -> bool:
+    """Whether a spec's argument names a file or directory here (not a model hub id)."""
+    path = Path(arg)
+    if path.is_absolute() or arg.startswith(("~", "./", "../")):
+        return True
+    try:
+        return len(path.parts) > 1 and path.exists()
+    except OSError:
+        return False
 
 
 def backend_kinds() -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -17,11 +18,13 @@ import langsmith
 import langsmith.utils
 import pytest
 import requests
+from langchain_core.callbacks import get_usage_metadata_callback
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tracers import LangChainTracer
 from langchain_core.tracers.context import tracing_v2_enabled
 
+import deepprune_lc.demo
 from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.core.config import PruningConfig, TokensPrefix
 from deepprune_lc.demo import load_demo_pool
@@ -170,3 +173,36 @@ async def test_ainvoke_inside_a_chain_under_tracing_v2_enabled(
     assert root["parent_run_id"] is None
     llm = check_run_tree(runs, message, parent_id=root["id"])
     assert llm["trace_id"] == root["id"]
+
+
+def test_no_local_path_goes_to_langsmith(
+    client: langsmith.Client, session: mock.MagicMock, tmp_path: Path
+) -> None:
+    """A pool named by its absolute path: LangSmith sees its file name, never the directories."""
+    private = tmp_path / "home-of-someone" / "pools"
+    private.mkdir(parents=True)
+    pool = private / "dev.jsonl"
+    pool.write_text(
+        (Path(deepprune_lc.demo.__file__).parent / "demo_pool.jsonl").read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    model = DeepPruneReasoner(
+        backend=f"replay:{pool}",
+        judge="lexical",
+        pruning=PruningConfig(n_traces=8, prefix=TokensPrefix(k=40), finalists=3),
+    )
+    tracer = LangChainTracer(client=client, project_name="deepprune-tests")
+    with get_usage_metadata_callback() as usage:
+        message = model.invoke(BAKERY, {"callbacks": [tracer]})
+    tracer.wait_for_futures()
+    runs = sent_runs(session)
+    (llm,) = [r for r in runs.values() if r["run_type"] == "llm"]
+    assert llm["extra"]["metadata"]["ls_model_name"] == "replay:dev.jsonl"
+    assert message.response_metadata["model_name"] == "replay:dev.jsonl"
+    assert set(usage.usage_metadata) == {"replay:dev.jsonl"}  # the usage key
+    assert llm["extra"]["invocation_params"]["model_name"] == "replay:dev.jsonl"
+    for run in runs.values():
+        # ``serialized`` is the model's constructor arguments (what dumpd gives, to rebuild the
+        # model): the backend spec is there as the caller wrote it, as ChatOpenAI's base URL is.
+        sent = {key: value for key, value in run.items() if key != "serialized"}
+        assert str(tmp_path) not in json.dumps(sent), run["name"]

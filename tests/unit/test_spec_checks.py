@@ -3,7 +3,8 @@
 ``DeepPruneReasoner(backend="replay:/missing.jsonl")`` used to construct and fail only on its first
 call, with a bare ``FileNotFoundError``. The core's ``replay`` kind now checks its argument when the
 reasoner is built; a kind from an outside package is checked there only once its module is loaded
-(construction never imports an engine), and on creation always.
+(construction never imports an engine), and on creation always. Last, how a spec is shown off
+this machine (``spec_display_name``): without local directories, which LangSmith would receive.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from deepprune_lc.runtime import (
     register_backend,
     registry,
     resolve_backend,
+    spec_display_name,
     unregister_backend,
 )
 
@@ -160,3 +162,31 @@ def test_an_outside_kind_is_checked_once_its_module_is_loaded() -> None:
     with pytest.raises(ValueError, match="only 'checkedplugin:ok' exists"):
         DeepPruneReasoner(backend="checkedplugin:nope")
     DeepPruneReasoner(backend="checkedplugin:ok")
+
+
+@pytest.mark.parametrize(
+    ("spec", "shown"),
+    [
+        ("replay:demo", "replay:demo"),
+        ("replay:/home/someone/pools/dev.jsonl", "replay:dev.jsonl"),
+        ("transformers:/srv/models/qwen3-8b/", "transformers:qwen3-8b"),
+        ("transformers:~/models/smollm2.gguf", "transformers:smollm2.gguf"),
+        ("vllm:Qwen/Qwen3-8B?max_model_len=8192", "vllm:Qwen/Qwen3-8B"),  # a hub id stays
+        ("lexical?midpoint=0.6", "lexical"),
+        ("not a spec ::", "not a spec ::"),
+    ],
+)
+def test_specs_are_shown_without_local_directories_or_options(spec: str, shown: str) -> None:
+    assert spec_display_name(spec) == shown
+
+
+def test_a_relative_path_that_exists_is_shown_by_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pools").mkdir()
+    (tmp_path / "pools" / "dev.jsonl").write_text("", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert spec_display_name("replay:pools/dev.jsonl") == "replay:dev.jsonl"
+    model = DeepPruneReasoner(backend="replay:demo", judge="lexical?midpoint=0.6")
+    assert model.resolved_model_name == "replay:demo"
+    assert model.resolved_judge_name == "lexical"

@@ -37,6 +37,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepprune_lc.backends import PromptRenderer
@@ -97,7 +98,8 @@ class VLLMBackend:
             raise ValueError(f"logprobs: expected None or an integer >= 1, got {logprobs!r}")
         self.engine_args = normalise_engine_args(model, engine_args, **engine_kwargs)
         self.model = model
-        self.model_name = model_name or model
+        # A local model (directory or file) is reported by its name: its path stays here.
+        self.model_name = model_name or (Path(model).name if Path(model).exists() else model)
         self.logprobs = logprobs
         self.sampling_overrides = check_sampling_overrides(sampling_overrides)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})

@@ -88,3 +88,9 @@ class TestVLLMJudgeConformance(JudgeConformanceTests):
     @property
     def runs_a_model(self) -> bool:
         return True
+
+
+def test_a_local_model_directory_is_reported_by_its_name(tiny_model_dir: Path) -> None:
+    """What LangSmith and usage callbacks see as the model: never the path on this machine."""
+    backend = VLLMBackend(str(tiny_model_dir), **ENGINE_KWARGS)  # shares the session engine
+    assert backend.model_name == tiny_model_dir.name
