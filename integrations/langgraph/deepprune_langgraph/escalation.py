@@ -81,16 +81,27 @@ def _weight(weight: float) -> str:
     return f"{n} vote" if n == 1 else f"{n} votes"
 
 
-def _with_n_traces(model: DeepPruneReasoner, n_traces: int) -> DeepPruneReasoner:
+def _with_n_traces(
+    model: DeepPruneReasoner, n_traces: int, *, chosen: bool = True
+) -> DeepPruneReasoner:
     """The same reasoner with more traces, built fresh.
 
     Not ``model.model_copy(update=...)``: a copy keeps the original's already-created runner (a
     private attribute), which would keep running with the old ``n_traces``. Re-validating the set
     fields gives a reasoner whose runner is created on first use from the new config; named engines
     are shared anyway.
+
+    ``chosen=False`` (the graph's own default, not the caller's ``max_traces``) leaves ``n_traces``
+    out of the config's set fields, so it counts as a default: on a backend with fewer distinct
+    traces (a replay pool) the run uses what the backend holds instead of failing.
     """
     fields = {name: getattr(model, name) for name in model.model_fields_set}
-    fields["pruning"] = model.pruning.model_copy(update={"n_traces": n_traces})
+    pruning = model.pruning.model_copy(update={"n_traces": n_traces})
+    if not chosen:
+        pruning = PruningConfig.model_construct(
+            set(pruning.model_fields_set) - {"n_traces"}, **dict(pruning)
+        )
+    fields["pruning"] = pruning
     return type(model)(**fields)
 
 
@@ -156,6 +167,7 @@ def create_escalating_graph(
             f"stronger_model: expected a chat model, got {type(stronger_model).__name__}"
         )
     n_traces = model.pruning.n_traces
+    max_traces_chosen = max_traces is not None
     if max_traces is None:
         max_traces = min(_MAX_TRACES, 4 * n_traces)
     elif "more_traces" not in ladder:
@@ -169,7 +181,7 @@ def create_escalating_graph(
 
     models: dict[Route, BaseChatModel] = {"direct": model}
     if "more_traces" in ladder:
-        models["more_traces"] = _with_n_traces(model, max_traces)
+        models["more_traces"] = _with_n_traces(model, max_traces, chosen=max_traces_chosen)
     if stronger_model is not None:
         models["stronger_model"] = stronger_model
 
@@ -195,11 +207,14 @@ def create_escalating_graph(
                 message = message.model_copy(update={"id": replaces})
             score = support(summary) if summary is not None else None
             pruning = getattr(chat_model, "pruning", None)
+            # The traces the run sampled (a replay pool may hold fewer than configured).
+            sampled = sum(summary["trace_status"].values()) if summary is not None else 0
+            configured = pruning.n_traces if isinstance(pruning, PruningConfig) else None
             attempt = Attempt(
                 step=step,
                 answer=summary.get("answer") if summary is not None else message.text,
                 support=score,
-                n_traces=pruning.n_traces if isinstance(pruning, PruningConfig) else None,
+                n_traces=sampled or configured,
             )
             earlier = [] if step == "direct" else list(state.get("attempts") or [])
             return {

@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from lg_helpers import DIVERSE, GARDEN, PRUNING, garden_pool, reasoner, run_graph, stream_chunks
 
-from deepprune_lc import DeepPruneReasoner
+from deepprune_lc import DeepPruneReasoner, GenerationError
 from deepprune_lc.demo import load_demo_pool
 
 # -- vote_support -------------------------------------------------------------------------------
@@ -256,3 +256,22 @@ def test_the_original_model_keeps_its_trace_count() -> None:
     assert [a["n_traces"] for a in state["attempts"]] == [8, 16]
     assert sum(state["deepprune"]["trace_status"].values()) == 16
     assert model.pruning.n_traces == 8
+
+
+def test_the_default_max_traces_fits_a_replay_pool(bakery: str) -> None:
+    """With ``max_traces`` left to the graph (4x the model's), ``more_traces`` on ``replay:demo``
+    uses the traces the pool recorded for the question instead of failing or repeating them."""
+    model = DeepPruneReasoner(backend="replay:demo")  # defaults: majority, 25 reasoning words
+    graph = create_escalating_graph(model, min_support=0.6)
+
+    state = graph.invoke({"messages": [bakery]})
+
+    assert state["route"] == "more_traces"
+    assert [a["n_traces"] for a in state["attempts"]] == [8, 8]
+    assert sum(state["deepprune"]["trace_status"].values()) == 8
+
+
+def test_an_explicit_max_traces_above_the_pool_is_an_error_naming_its_size(bakery: str) -> None:
+    graph = create_escalating_graph(DeepPruneReasoner(backend="replay:demo"), max_traces=32)
+    with pytest.raises(GenerationError, match=r"recorded 8 traces of problem 'demo-bakery'"):
+        graph.invoke({"messages": [bakery]})
