@@ -30,6 +30,10 @@ Contract, mirroring an engine:
 Pacing: ``seconds_per_token > 0`` sleeps before each token (a crude model of decode latency); ``0``
 runs as fast as possible but yields to the event loop every ``yield_every`` tokens, so concurrent
 streams interleave as they would on a batching engine instead of finishing one after another.
+So, at ``seconds_per_token=0``, time is event-loop turns and a run is reproducible: its decisions
+depend only on how many turns pass between a judge request and its verdict (the tokens each trace
+decodes meanwhile). Anything that takes turns on that path (an async callback handler of the
+judge's child run, a judge that awaits real I/O) shifts them, as real time does on an engine.
 
 The per-token path does a set lookup, a slotted-dataclass construction and a yield; token ids are
 tokenised once per (problem, trace) and kept as pre-built 1-tuples, so a delta allocates nothing else.
