@@ -60,15 +60,10 @@ def test_the_same_call_twice_decodes_the_same_tokens(answers: list[str]) -> None
 
 
 @PATHS_DIFFER
-@pytest.mark.parametrize("answers", [["7", "12"], ["7", "7", "12"]])
-def test_invoke_and_ainvoke_decode_the_same_tokens(answers: list[str]) -> None:
-    model = _synthetic(answers)
-    assert _outcome(model.invoke(QUESTION)) == _outcome(asyncio.run(model.ainvoke(QUESTION)))
-
-
-@PATHS_DIFFER
-def test_invoke_and_ainvoke_agree_on_every_demo_question() -> None:
-    model = DeepPruneReasoner(backend="replay:demo", pruning=PruningConfig(seed=7))
-    for question in DEMO_QUESTIONS:
+def test_invoke_and_ainvoke_decode_the_same_tokens() -> None:
+    calls = [(_synthetic(answers), QUESTION) for answers in (["7", "12"], ["7", "7", "12"])]
+    demo = DeepPruneReasoner(backend="replay:demo", pruning=PruningConfig(seed=7))
+    calls += [(demo, question) for question in DEMO_QUESTIONS]
+    for model, question in calls:
         sync = _outcome(model.invoke(question))
         assert sync == _outcome(asyncio.run(model.ainvoke(question))), question
