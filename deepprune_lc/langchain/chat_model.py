@@ -195,8 +195,8 @@ class DeepPruneReasoner(BaseChatModel):
             ls_temperature=sampling["temperature"],
             ls_max_tokens=sampling["max_tokens"],
         )
-        if sampling["stop"]:
-            params["ls_stop"] = list(sampling["stop"])
+        if sampling["stop"] and isinstance(sampling["stop"], list):
+            params["ls_stop"] = sampling["stop"]
         return params
 
     def _get_invocation_params(

@@ -120,7 +120,7 @@ def effective_settings(
     values = _layered(layers)
     sampling_json = sampling.model_dump(mode="json")
     sampling_json.update({k: values[k] for k in SAMPLING_PARAMETERS if k in values})
-    if "stop" in values:
+    if isinstance(values.get("stop"), tuple):
         sampling_json["stop"] = list(values["stop"])
     pruning_json = pruning.model_dump(mode="json")
     if "timeout" in values:
