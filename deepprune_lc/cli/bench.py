@@ -18,16 +18,17 @@ from dataclasses import dataclass
 
 from deepprune_lc.backends.pool import TracePool
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.core.answers import math_equivalent
+from deepprune_lc.core.answers import extract_answer, math_equivalent
 from deepprune_lc.core.config import (
     EarlyStoppingConfig,
     PruningConfig,
     ReasoningWordsPrefix,
     SamplingConfig,
     TokensPrefix,
+    VoteSettling,
 )
-from deepprune_lc.core.ports import TraceRequest
-from deepprune_lc.judges.fixed import ConstantJudge
+from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair, TraceRequest
+from deepprune_lc.judges.fixed import ConstantJudge, RandomJudge
 from deepprune_lc.judges.lexical import LexicalJudge
 from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
 
@@ -36,6 +37,7 @@ from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency,
 
 
 __all__ = [
+    "AnswerLookupJudge",
     "SweepRow",
     "driver_overhead",
     "replay_sweep",
@@ -55,6 +57,29 @@ class SweepRow:
     @property
     def accuracy(self) -> float:
         return self.correct / self.problems
+
+
+class AnswerLookupJudge:
+    """A bound, not a judge: reads each prefix's recorded final answer from the pool.
+
+    ``invert=False`` is the oracle (same answer -> 1.0, else 0.0); ``invert=True`` always says the
+    opposite, the worst judge there is. A prefix is matched to the recorded trace it starts.
+    """
+
+    def __init__(self, pool: TracePool, *, invert: bool = False) -> None:
+        self.invert = invert
+        self._texts = [(t.text, extract_answer(t.text)) for p in pool.problems for t in p.traces]
+
+    def _answer(self, prefix: str) -> str | None:
+        return next((a for text, a in self._texts if text.startswith(prefix)), None)
+
+    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        scores = []
+        for pair in pairs:
+            a, b = self._answer(pair.prefix_a), self._answer(pair.prefix_b)
+            same = a is not None and b is not None and math_equivalent(a, b)
+            scores.append(0.0 if same == self.invert else 1.0)
+        return JudgeScores(scores)
 
 
 async def _evaluate(
@@ -105,12 +130,49 @@ async def replay_sweep(
     for prefix_name, prefix in prefixes.items():
         for tau in thresholds:
             for k2 in finalists:
-                config = PruningConfig(n_traces=n, prefix=prefix, threshold=tau, finalists=k2)
+                config = PruningConfig(
+                    n_traces=n, prefix=prefix, threshold=tau, finalists=k2, finalisation="paper"
+                )
                 await add(
                     "DeepPrune",
                     f"{prefix_name}, tau {tau}, K2 {k2}",
                     DeepPrune(backend, judge, config, sampling=sampling),
                 )
+    # Ours, side by side with the rows above: the settled-vote stop on plain self-consistency, and
+    # robust finalisation with the lexical judge and with judges that know nothing (random) or
+    # everything (an oracle reading the recorded final answers) or always say the opposite.
+    settle = VoteSettling()
+    await add(
+        f"self-consistency (cons@{n}) + settled stop",
+        f"min margin {settle.min_margin}",
+        SelfConsistency(backend, n, sampling=sampling, settle=settle),
+    )
+    judges: dict[str, Judge] = {
+        "lexical": judge,
+        "random judge": RandomJudge(seed=0),
+        "oracle judge": AnswerLookupJudge(pool),
+        "always-wrong judge": AnswerLookupJudge(pool, invert=True),
+    }
+    for judge_name, some_judge in judges.items():
+        for prefix_name, prefix in prefixes.items():
+            if judge_name != "lexical" and prefix_name != "64 tokens":
+                continue
+            for k2 in (2, 4):
+                for finalisation in ("paper", "robust"):
+                    if judge_name == "lexical" and finalisation == "paper":
+                        continue  # in the grid above
+                    config = PruningConfig(
+                        n_traces=n,
+                        prefix=prefix,
+                        threshold=0.5,
+                        finalists=k2,
+                        finalisation=finalisation,
+                    )
+                    await add(
+                        f"DeepPrune, {finalisation} finalisation",
+                        f"{judge_name}, {prefix_name}, tau 0.5, K2 {k2}",
+                        DeepPrune(backend, some_judge, config, sampling=sampling),
+                    )
     baseline = rows[0].decoded_tokens
     lines = [
         f"Pool: {pool.source} ({len(pool)} problems, N = {n}); tokens counted with "

@@ -6,7 +6,7 @@ importing this package never loads a model. What every LLM judge shares, whichev
 """
 
 from deepprune_lc.judges.common import logistic
-from deepprune_lc.judges.fixed import ConstantJudge
+from deepprune_lc.judges.fixed import ConstantJudge, RandomJudge
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.judges.llm import (
     ANSWER_CUE,
@@ -27,6 +27,7 @@ __all__ = [
     "LabelTokenizer",
     "LexicalJudge",
     "LexicalJudgeConfig",
+    "RandomJudge",
     "distinct_prompts",
     "judge_prefill_tokens",
     "label_token_ids",

@@ -1,4 +1,6 @@
-"""``ConstantJudge``: a judge that gives every pair the same probability, without reading it.
+"""Judges that do not read their input: ``ConstantJudge`` and ``RandomJudge``, the baselines.
+
+``ConstantJudge`` gives every pair the same probability, without reading it.
 
 Why ship a judge that ignores its input: it is the baseline every real judge is compared with, and
 the tool that takes the judge out of a measurement.
@@ -12,16 +14,21 @@ the tool that takes the judge out of a measurement.
 
 ``prefill_tokens_per_pair`` lets a test or a cost model pretend the judge read that many tokens per
 pair, so judge-cost accounting can be checked without a model.
+
+``RandomJudge(seed)`` scores every pair uniformly at random (seeded, so runs repeat): the judge that
+knows nothing, against which a real judge must show that its clusters beat chance, and with which
+finalisation must keep self-consistency's accuracy (a weak judge costs tokens, not accuracy).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 from deepprune_lc.core.ports import JudgeScores, PrefixPair
 
-__all__ = ["ConstantJudge"]
+__all__ = ["ConstantJudge", "RandomJudge"]
 
 
 class ConstantJudge:
@@ -65,3 +72,19 @@ class ConstantJudge:
             [self.probability] * len(pairs),
             prefill_tokens=self.prefill_tokens_per_pair * len(pairs),
         )
+
+
+class RandomJudge:
+    """Scores every pair with an independent uniform draw from a seeded generator."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self.calls = 0
+
+    def __repr__(self) -> str:
+        return f"RandomJudge(seed={self.seed})"
+
+    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        self.calls += 1
+        return JudgeScores([self._rng.random() for _ in pairs])

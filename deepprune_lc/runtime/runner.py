@@ -10,7 +10,13 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from deepprune_lc.core.answers import AnswerRules
-from deepprune_lc.core.config import EarlyStoppingConfig, PruningConfig, RunConfig, SamplingConfig
+from deepprune_lc.core.config import (
+    EarlyStoppingConfig,
+    PruningConfig,
+    RunConfig,
+    SamplingConfig,
+    VoteSettling,
+)
 from deepprune_lc.core.controllers import (
     ControllerProtocol,
     DeepPruneController,
@@ -127,7 +133,11 @@ class DeepPrune(_ParallelRunner):
 
 
 class SelfConsistency(_ParallelRunner):
-    """Baseline cons@N: all N traces finish; majority vote over equivalent answers."""
+    """Baseline cons@N: all N traces finish; majority vote over equivalent answers.
+
+    ``settle=VoteSettling()`` adds the settled-vote stop: the traces still running stop once the
+    vote over the finished ones is settled (a baseline of its own, with no judge).
+    """
 
     def __init__(
         self,
@@ -138,16 +148,18 @@ class SelfConsistency(_ParallelRunner):
         answers: AnswerRules | str | None = None,
         seed: int = 0,
         deadline_s: float | None = None,
+        settle: VoteSettling | None = None,
     ) -> None:
         super().__init__(backend, sampling=sampling, answers=answers)
         self.run_config = self._run_config(n_traces, seed, deadline_s)
         self.n_traces, self.seed, self.deadline_s = n_traces, seed, deadline_s
+        self.settle = settle
 
     def _run_config(self, n_traces: int, seed: int, deadline_s: float | None) -> RunConfig:
         return RunConfig(n_traces=n_traces, seed=seed, deadline_s=deadline_s)
 
     def _controller(self) -> ControllerProtocol:
-        return SelfConsistencyController(self.n_traces, self.answers)
+        return SelfConsistencyController(self.n_traces, self.answers, settle=self.settle)
 
     def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
         return Driver(

@@ -361,7 +361,7 @@ def check_invariants(sc: Scenario, run: Run) -> None:
                     assert a.trace_id not in members
         # A run ends with a settled vote, or with nothing left it could have resumed.
         settled = vote_settled(list(outcome.votes), 0, sc.min_margin)
-        budget_spent = sc.max_extra is not None and len(resumed) >= sc.finalists + sc.max_extra - 1
+        budget_spent = sc.max_extra is not None and ctl._extra_left == 0  # extra resumes used up
         nothing_left = not any(ctl.traces[t].status == "pruned" for t in members)
         assert settled or nothing_left or budget_spent or sc.finalists >= sc.n, (
             outcome.votes,
