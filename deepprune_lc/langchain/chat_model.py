@@ -5,7 +5,9 @@
 
 The returned ``AIMessage`` carries the winning trace's final response as ``content`` (thinking inside
 ``<think>`` tags goes to ``additional_kwargs["reasoning_content"]``), ``usage_metadata`` totalled
-over every trace (pruned ones included), and ``response_metadata["deepprune"]``, the run's summary.
+over every trace (pruned ones included), and ``response_metadata["deepprune"]``, the run's summary;
+``llm_output`` (what callbacks and ``generate`` see) has the same usage in OpenAI's shape, as
+ChatOpenAI fills it.
 """
 
 from __future__ import annotations
