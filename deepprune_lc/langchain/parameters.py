@@ -152,10 +152,17 @@ def _validated(config: type[_Config], base: _Config, updates: Mapping[str, Any])
     if not updates:
         return base
     try:
-        return config.model_validate({**base.model_dump(), **updates})
+        # Only what was set: a default left unset stays a default (it may adapt per backend).
+        return config.model_validate({**_set_fields(base), **updates})
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         raise ValueError(f"DeepPruneReasoner call parameters: {problems}") from exc
+
+
+def _set_fields(config: BaseModel) -> dict[str, Any]:
+    """The fields the user set, as objects (not a recursive dump, which would drop nested
+    discriminators such as a prefix policy's ``kind``)."""
+    return {name: getattr(config, name) for name in config.model_fields_set}
 
 
 def _describe(error: Any) -> str:
@@ -191,5 +198,5 @@ def _fold(data: dict[str, Any], key: str, config: type[BaseModel], values: dict[
     current = data.get(key)
     if not isinstance(current, config | dict | None):
         return data  # a bad config, which field validation will report
-    base = current.model_dump() if isinstance(current, BaseModel) else (current or {})
+    base = _set_fields(current) if isinstance(current, BaseModel) else (current or {})
     return {**data, key: {**base, **values}}

@@ -98,13 +98,6 @@ def test_fit_n_traces_only_ever_lowers_an_unset_default() -> None:
     assert fit_n_traces(PruningConfig(n_traces=12), backend, BAKERY).n_traces == 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "langchain.parameters re-validates pruning from a full model_dump() when a timeout is "
-        "folded in, which marks n_traces as set; model_dump(exclude_unset=True) keeps it unset"
-    ),
-)
 def test_a_timeout_does_not_pin_the_default_n_traces() -> None:
     """A deadline is not a trace count: the default still fits the pool with ``timeout`` given."""
     model = DeepPruneReasoner(
