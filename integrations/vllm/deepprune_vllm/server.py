@@ -621,7 +621,7 @@ class VLLMServerBackend:
             return None
         with self._lock:
             self._sent += 1
-            sent_id = f"{request.request_id}-{self._tag}{self._sent}"
+            sent_id = f"{request.request_id}-{self._tag}-{self._sent}"
         return completion_body(
             model=self._model,
             prompt_ids=[*prompt_ids, *kept],
@@ -737,10 +737,10 @@ class VLLMServerBackend:
             )
         endpoint.served_models = served
         endpoint.max_model_len = max_model_len.get(model)
-        probe_ids = await self._probe_ids(client, endpoint, model)
-        await self._probe_token_ids(client, endpoint, model, probe_ids)
         if self._renderer is not None:
             await self._compare_tokenizers(client, endpoint, model)
+        probe_ids = await self._probe_ids(client, endpoint, model)
+        await self._probe_token_ids(client, endpoint, model, probe_ids)
         with self._lock:
             if self._model is None:
                 self._model = model
