@@ -167,7 +167,7 @@ class PruningConfig(RunConfig):
     )
     policy: Literal["majority", "diverse"] = "majority"
     finalisation: Literal["robust", "paper"] = Field(
-        "paper",
+        "robust",
         description=(
             "'paper': the winning cluster's K2 finalists finish and only they vote (the paper's MV). "
             "'robust' (ours, docs/method.md): clusters tied for largest send their founders; every "

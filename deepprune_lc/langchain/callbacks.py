@@ -21,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import (
+    AsyncCallbackHandler,
     AsyncCallbackManager,
     AsyncCallbackManagerForChainRun,
     AsyncCallbackManagerForLLMRun,
@@ -207,7 +208,7 @@ class TracedJudge:
             "pairs": [[p.trace_a, p.trace_b] for p in pairs],
         }
         run_id = uuid.uuid4()
-        parent = self.parent
+        parent = _sync_when_possible(self.parent)
         run: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun
         if isinstance(parent, AsyncCallbackManager):
             run = await parent.on_chain_start(
@@ -238,3 +239,28 @@ class TracedJudge:
         if asyncio.iscoroutine(result):
             await result
         return scores
+
+
+def _sync_when_possible(
+    manager: CallbackManager | AsyncCallbackManager,
+) -> CallbackManager | AsyncCallbackManager:
+    """The sync twin of an async manager none of whose handlers is async; else the manager.
+
+    Why: the async manager's ``on_chain_end`` is ``@shielded`` (it runs in a task of its own), so
+    awaiting it costs event-loop turns even with no handler, and every trace decodes on meanwhile:
+    ``ainvoke`` then made different pruning decisions than ``invoke`` (whose manager is sync) for
+    the same question and seed. Sync handlers run inline on either path, as ``invoke`` runs them.
+    """
+    if not isinstance(manager, AsyncCallbackManager):
+        return manager
+    if any(isinstance(h, AsyncCallbackHandler) for h in manager.handlers):
+        return manager
+    return CallbackManager(
+        handlers=manager.handlers,
+        inheritable_handlers=manager.inheritable_handlers,
+        parent_run_id=manager.parent_run_id,
+        tags=manager.tags,
+        inheritable_tags=manager.inheritable_tags,
+        metadata=manager.metadata,
+        inheritable_metadata=manager.inheritable_metadata,
+    )

@@ -65,6 +65,8 @@ class Story:
         **config: object,
     ) -> None:
         config.setdefault("max_judge_batch", 1)
+        # These stories tell the paper's rules; robust finalisation has test_robust_finalisation.py.
+        config.setdefault("finalisation", "paper")
         self.config = PruningConfig(n_traces=n, **config)  # type: ignore[arg-type]
         self.ctl = DeepPruneController(self.config, rules)
         if isinstance(groups, str):  # "AABAB": trace i is in group groups[i]

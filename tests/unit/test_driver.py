@@ -137,7 +137,8 @@ def test_objects_that_are_not_ports_are_rejected(backend: ReplayBackend) -> None
 
 
 async def test_run_answers_and_reports_every_trace(backend: ReplayBackend) -> None:
-    config = PruningConfig(n_traces=8, prefix=TokensPrefix(k=16), finalists=3)
+    # The paper's MV finalisation: at most K2 finalists vote (robust finalisation has its own tests).
+    config = PruningConfig(n_traces=8, prefix=TokensPrefix(k=16), finalists=3, finalisation="paper")
     result = await DeepPrune(backend, LexicalJudge(), config).run(QUESTION)
     assert result.answer == "42"
     assert result.text is not None and result.text.endswith("\\boxed{42}.")
@@ -157,7 +158,9 @@ async def test_parked_traces_resume_token_exact(backend: ReplayBackend) -> None:
     Once the cluster holds 5 of 8 traces the winner is certain, so the 3 traces not yet clustered
     are aborted; every clustered trace finishes with exactly its recorded tokens.
     """
-    config = PruningConfig(n_traces=8, prefix=TokensPrefix(k=8), finalists=8, max_judge_batch=1)
+    config = PruningConfig(
+        n_traces=8, prefix=TokensPrefix(k=8), finalists=8, max_judge_batch=1, finalisation="paper"
+    )
     events: list[object] = []
     result = await DeepPrune(
         backend, ConstantJudge(1.0, prefill_tokens_per_pair=10), config, answers="exact"

@@ -27,16 +27,6 @@ from deepprune_lc.langchain import DeepPruneReasoner
 QUESTION = "A synthetic question: what is the answer?"
 DEMO_QUESTIONS = [problem.problem for problem in load_demo_pool().problems]
 
-#: The async path's judge child run still awaits LangChain's shielded ``on_chain_end``.
-PATHS_DIFFER = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "TracedJudge (deepprune_lc/langchain/callbacks.py) awaits the async manager's @shielded "
-        "on_chain_end, which costs event-loop turns the sync manager does not; dispatching the "
-        "judge run through the sync twin of a manager with no async handler makes the paths agree"
-    ),
-)
-
 
 def _outcome(message: AIMessage) -> dict[str, Any]:
     """What must not depend on the path: usage and the summary (wall time aside)."""
@@ -59,7 +49,6 @@ def test_the_same_call_twice_decodes_the_same_tokens(answers: list[str]) -> None
     assert _outcome(a) == _outcome(b)
 
 
-@PATHS_DIFFER
 def test_invoke_and_ainvoke_decode_the_same_tokens() -> None:
     calls = [(_synthetic(answers), QUESTION) for answers in (["7", "12"], ["7", "7", "12"])]
     demo = DeepPruneReasoner(backend="replay:demo", pruning=PruningConfig(seed=7))

@@ -285,7 +285,9 @@ async def test_deepprune_prunes_on_the_engine(tiny: TransformersBackend) -> None
     events: list[DeepPruneEvent] = []
 
     tiny.reset_stats()
-    config = PruningConfig(n_traces=8, prefix=TokensPrefix(k=8), finalists=2)
+    # The paper's MV: exactly the K2 finalists finish (robust finalisation would resume more when
+    # the tiny model's finalists disagree, which they do).
+    config = PruningConfig(n_traces=8, prefix=TokensPrefix(k=8), finalists=2, finalisation="paper")
     deepprune = DeepPrune(tiny, ConstantJudge(1.0), config, sampling=SamplingConfig(max_tokens=48))
     result = await deepprune.run(PROMPT, listeners=[events.append])
     await _idle(tiny)
