@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -71,6 +72,7 @@ from deepprune_lc.backends import PromptRenderer, StopMatcher, prompt_cache_key
 from deepprune_lc.core import (
     BackendDeadError,
     BackendError,
+    FinishReason,
     Prompt,
     SamplingConfig,
     TraceDelta,
@@ -269,6 +271,8 @@ class VLLMServerBackend:
         self._tag = uuid.uuid4().hex[:6]
         self._sent = 0
         self._local_tokenizer: Any = None
+        # Its own lock: loading takes seconds, and must not hold up streams on other loops.
+        self._tokenizer_lock = threading.Lock()
         self._renderer: PromptRenderer | None = None
         if tokenizer is not None:
             self._renderer = PromptRenderer(
@@ -487,45 +491,40 @@ class VLLMServerBackend:
             stops.resume(await self._text_of(kept[-(longest + 8) :]))
         broken = 0
         avoid: Endpoint | None = None
+        pending_text = ""  # text that came with no token yet: sent with the next delta
         while True:
             endpoint, response = await self._open_request(request, prompt_ids, kept, key, avoid)
             if response is None:  # no room left in the context window
-                yield TraceDelta((), "", "length")
+                yield TraceDelta((), pending_text, "length")
                 return
             finished = False
-            pending_text = ""
             try:
-                async for chunk in self._chunks(response, endpoint):
-                    ids = chunk.token_ids
-                    if ids is None:
-                        raise BackendError(self._no_token_ids_message(endpoint))
-                    finish = None
-                    text, hit = stops.push(chunk.text) if stops else (chunk.text, False)
-                    if chunk.finish_reason is not None:
-                        finish = finish_reason_of(chunk.finish_reason)
-                        if (finish is None or finish == "abort") and not hit:
-                            # The server ended it, not this backend (an internal error, a server
-                            # shutting down): resume what was delivered.
-                            if ids:
-                                kept.extend(ids)
-                                yield TraceDelta(ids, pending_text + text, None, chunk.logprobs)
-                                pending_text = ""
+                async with contextlib.aclosing(self._chunks(response)) as chunks:
+                    async for chunk in chunks:
+                        ids = chunk.token_ids
+                        if ids is None:
+                            raise BackendError(self._no_token_ids_message(endpoint))
+                        before = copy.copy(stops) if stops else None
+                        text, finish, server_ended, hit = _settle(chunk, stops)
+                        if hit and len(ids) > 1 and before is not None:
+                            # A chunk of several tokens (vLLM merges deltas when its client
+                            # lags): the trace ends at the token that completed the stop string.
+                            ids, text = await self._cut_at_stop(before, kept, ids, text)
+                        if ids or finish is not None:
+                            kept.extend(ids)
+                            finished = finish is not None
+                            yield TraceDelta(ids, pending_text + text, finish, chunk.logprobs)
+                            pending_text = ""
+                            if finished:
+                                return
+                        else:
+                            pending_text += text
+                        if server_ended:
+                            # Not this backend's doing (an internal error, a server shutting
+                            # down): resume what was delivered.
                             raise _Retryable(
                                 endpoint, f"the server ended the request ({chunk.finish_reason!r})"
                             )
-                    if hit:
-                        finish = "stop"  # closing the response below stops the server's decoding
-                    elif finish is not None and stops:
-                        text += stops.flush()  # ended by itself: release what was held back
-                    if not ids and finish is None:
-                        pending_text += text  # text with no token yet: carried forward
-                        continue
-                    kept.extend(ids)
-                    finished = finish is not None
-                    yield TraceDelta(ids, pending_text + text, finish, chunk.logprobs)
-                    pending_text = ""
-                    if finished:
-                        return
                 raise _Retryable(endpoint, "the stream ended without a finish reason")
             except (httpx.TransportError, ServerStreamError, _Retryable) as exc:
                 broken += 1
@@ -549,9 +548,7 @@ class VLLMServerBackend:
                 self._router.release(endpoint, closed_early=not finished)
                 await response.aclose()
 
-    async def _chunks(
-        self, response: httpx.Response, endpoint: Endpoint
-    ) -> AsyncGenerator[Chunk, None]:
+    async def _chunks(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         async for line in response.aiter_lines():
             item = parse_sse_line(line, logprobs=self.logprobs)
             if item is None:
@@ -936,6 +933,22 @@ class VLLMServerBackend:
         assert last is not None
         raise self._exhausted("rendering the prompt", last) from last
 
+    async def _cut_at_stop(
+        self, before: StopMatcher, kept: Sequence[int], ids: list[int], text: str
+    ) -> tuple[list[int], str]:
+        """The ids up to the one that completed a stop string in a chunk of several, and the text
+        to emit: each prefix of the chunk's ids is decoded after the trace's last ids (their
+        context) and matched from the state the matcher had before the chunk."""
+        context = list(kept[-8:])
+        base = await self._text_of(context) if context else ""
+        for end in range(1, len(ids)):
+            decoded = await self._text_of([*context, *ids[:end]])
+            piece = decoded[len(base) :] if decoded.startswith(base) else decoded
+            out, hit = copy.copy(before).push(piece)
+            if hit:
+                return ids[:end], out
+        return ids, text
+
     async def _text_of(self, ids: Sequence[int]) -> str:
         """The text of generated ids, as the server detokenises output (special tokens skipped):
         with the local tokenizer, or the server's ``/detokenize``."""
@@ -1061,7 +1074,7 @@ class VLLMServerBackend:
                 self._remote_ids.popitem(last=False)
 
     def _load_tokenizer(self) -> Any:
-        with self._lock:
+        with self._tokenizer_lock:
             if self._local_tokenizer is None:
                 try:
                     from transformers import AutoTokenizer
@@ -1118,6 +1131,23 @@ def _no_tokenize_message(endpoint: Endpoint) -> str:
         f"{endpoint.url} has no /tokenize endpoint (a router in front of the servers?): pass "
         "tokenizer=<the model's tokenizer, a local path or name> to render prompts here"
     )
+
+
+def _settle(chunk: Chunk, stops: StopMatcher) -> tuple[str, FinishReason | None, bool, bool]:
+    """A chunk's text after stop-string matching, the trace's finish reason if it ends here,
+    whether the server ended the request on its own (an error or an abort nobody asked for), and
+    whether a stop string completed in it."""
+    text, hit = stops.push(chunk.text) if stops else (chunk.text, False)
+    if hit:
+        return text, "stop", False, True  # closing the response then stops the server's decoding
+    if chunk.finish_reason is None:
+        return text, None, False, False
+    finish = finish_reason_of(chunk.finish_reason)
+    if finish is None or finish == "abort":
+        return text, None, True, False
+    if stops:
+        text += stops.flush()  # ended by itself: release what was held back
+    return text, finish, False, False
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,8 +4,8 @@
 What the suite reads as "live" is both sides: the streams the backend still has open, and the
 server's own ``/metrics`` gauges (``vllm:num_requests_running`` / ``_waiting``), which must reach 0
 once every stream has ended: a stream closed by the client is aborted by the server, not left to
-decode. Closing a stream is how the backend aborts, and it drops what arrived after the abort, so
-the abort is exact (no slack) as seen by the caller.
+decode. Closing a stream is how the backend aborts, and it drops what arrived after the abort;
+the slack declared below is the size of one merged chunk, not tokens delivered after an abort.
 """
 
 from __future__ import annotations
@@ -65,6 +65,19 @@ class TestVLLMServerBackendConformance(BackendConformanceTests):
     @property
     def text_prompt(self) -> str:
         return QUESTION
+
+    @property
+    def abort_slack_tokens(self) -> int:
+        # Nothing is delivered after an abort returns (test_vllm_server.py checks that), but one
+        # chunk may carry several tokens: vLLM merges a request's deltas while its HTTP client
+        # lags (a loaded machine), so a stream parked "at k tokens" may hold a few more.
+        return 8
+
+    @property
+    def concurrent_max_tokens(self) -> int:
+        # Long enough that the eighth request is in the server's batch before the first ends,
+        # even when opening each HTTP request takes a while on a loaded machine.
+        return 160
 
     @property
     def resume_total_tokens(self) -> int:

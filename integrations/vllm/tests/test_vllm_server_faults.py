@@ -309,6 +309,17 @@ async def test_a_resumed_trace_is_sent_its_ids_and_primed_for_stop_strings(
     assert sent["prompt"] == [*PROMPT_IDS, 10, 11] and "stop" not in sent
 
 
+async def test_a_stop_string_inside_a_chunk_of_several_tokens_ends_at_its_token(
+    fake: FakeServer,
+) -> None:
+    """vLLM merges a request's deltas when its client lags: the trace still ends at the token that
+    completed the stop string (found by decoding the chunk's ids one prefix at a time)."""
+    merged = chunk([10, 11, 12, 13], "t10 t11 t12 t13 ")
+    fake.script = lambda body, n: (200, [merged, *tokens_then_finish(2, start=14)])
+    ids, text, finish = await read(quick(fake), trace(max_tokens=8, stop=("11 t",)))
+    assert (ids, text, finish) == ([10, 11, 12], "t10 t", "stop")
+
+
 # ---------------------------------------------------------------------------------------- specs
 
 
