@@ -132,6 +132,7 @@ class _OpenStream:
     loop: asyncio.AbstractEventLoop
     wake: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     pump: asyncio.Task[None] | None = None
+    pump_stopped: bool = False
     aborted: bool = False
 
     def abort_now(self) -> None:
@@ -139,9 +140,15 @@ class _OpenStream:
         if self.aborted:
             return
         self.aborted = True
-        if self.pump is not None:
-            self.pump.cancel()
+        self.stop_pump()
         self.wake.put_nowait(_ABORTED)
+
+    def stop_pump(self) -> None:
+        """Cancel the pump, once: a second cancellation could land in the pump's own clean-up
+        and cut short the close of its connection (which then stays taken in the pool)."""
+        if self.pump is not None and not self.pump_stopped:
+            self.pump_stopped = True
+            self.pump.cancel()
 
 
 class VLLMServerBackend:
@@ -454,7 +461,7 @@ class VLLMServerBackend:
             pump = state.pump
             if pump is not None:
                 if not (ended or pump.done()):
-                    pump.cancel()  # closing the connection aborts the request on the server
+                    state.stop_pump()  # closing the connection aborts the request on the server
                 # Wait until the connection is closed: no request outlives its stream.
                 await asyncio.wait([pump])
             with self._lock:
@@ -544,9 +551,8 @@ class VLLMServerBackend:
                 )
                 avoid = endpoint
             finally:
-                # Counted first: the close below may be cut short by a cancellation.
                 self._router.release(endpoint, closed_early=not finished)
-                await response.aclose()
+                await _close(response)
 
     async def _chunks(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         async for line in response.aiter_lines():
@@ -644,7 +650,7 @@ class VLLMServerBackend:
         try:
             text = (await response.aread()).decode("utf-8", "replace")
         finally:
-            await response.aclose()
+            await _close(response)
         status = response.status_code
         message = _error_message(text)
         if status >= 500 or status in (408, 429):
@@ -1148,6 +1154,22 @@ def _settle(chunk: Chunk, stops: StopMatcher) -> tuple[str, FinishReason | None,
     if stops:
         text += stops.flush()  # ended by itself: release what was held back
     return text, finish, False, False
+
+
+async def _close(response: httpx.Response) -> None:
+    """Close a response even when the caller is being cancelled.
+
+    A cancellation that lands inside ``aclose`` leaves the connection open and taken in the pool
+    (the server has finished with it, the socket sits in CLOSE-WAIT): enough of them and every new
+    stream waits for a connection forever. Shielded, the close completes; the caller's
+    cancellation is raised once it has.
+    """
+    closing = asyncio.ensure_future(response.aclose())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await asyncio.wait([closing])
+        raise
 
 
 def _describe(exc: BaseException) -> str:

@@ -219,6 +219,39 @@ async def test_nothing_is_delivered_after_an_abort_returns(
         assert (list(last.token_ids), last.text, last.finish_reason) == ([], "", "abort")
 
 
+async def test_parked_streams_give_their_connections_back(
+    vllm_server: VLLMServerProcess, tiny_model_dir: Path
+) -> None:
+    """Park after park on a pool of two connections, the reader closing each stream a few loop
+    turns after its abort (as the driver does): every connection is released. One whose close was
+    cut short by a second cancellation stayed taken, and the next stream waited forever."""
+    backend = VLLMServerBackend(
+        vllm_server.url,
+        model=SERVED_MODEL,
+        tokenizer=str(tiny_model_dir),
+        sampling_overrides={"ignore_eos": True},
+        max_connections=2,
+    )
+
+    async def park(turns: int) -> None:
+        trace = request(max_tokens=500)
+        stream = backend.stream(trace)
+        await stream.__anext__()
+        await backend.abort(trace.request_id)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await stream.aclose()
+
+    try:
+        for cycle in range(16):
+            await asyncio.wait_for(park(cycle % 4), 30)
+        ids, _, finish, _ = await asyncio.wait_for(read(backend, request(max_tokens=4)), 30)
+    finally:
+        await backend.aclose()
+    assert (len(ids), finish) == (4, "length")
+    assert backend.endpoint_stats()[0].in_flight == 0
+
+
 # ---------------------------------------------------------------------------------------- a run
 
 

@@ -129,8 +129,11 @@ class FakeServer:
                         if item == "CLOSE":
                             return
                         data = "[DONE]" if item == "DONE" else json.dumps(item)
-                        self.wfile.write(f"data: {data}\n\n".encode())
-                        self.wfile.flush()
+                        try:
+                            self.wfile.write(f"data: {data}\n\n".encode())
+                            self.wfile.flush()
+                        except OSError:  # the client closed the stream (a park)
+                            return
                 else:
                     self._json(404, {"detail": "Not Found"})
 
