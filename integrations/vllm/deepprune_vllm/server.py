@@ -439,7 +439,15 @@ class VLLMServerBackend:
                 return
             state.pump = loop.create_task(self._pump(request, state))
             while True:
-                item = await state.wake.get()
+                if state.wake.empty():
+                    item = await state.wake.get()
+                else:
+                    # A backlog (the pump reads a whole burst of chunks at once): one delta per
+                    # turn of the loop, so the run's decisions (the judge's answer, a park) run
+                    # between them instead of after the burst, and a pruned trace stops near its
+                    # prefix rather than wherever the burst ended.
+                    await asyncio.sleep(0)
+                    item = state.wake.get_nowait()
                 if state.aborted:
                     # Closed on request: what was delivered is what the trace keeps; chunks that
                     # arrived after the abort are dropped unread.

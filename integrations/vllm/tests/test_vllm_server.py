@@ -37,7 +37,7 @@ from vllm_servers import (  # noqa: F401 - fixtures
 
 from deepprune_lc import DeepPrune, PruningConfig, SamplingConfig, TokensPrefix, TraceRequest
 from deepprune_lc.core import BackendDeadError, BackendError, TraceDelta
-from deepprune_lc.core.ports import Prompt
+from deepprune_lc.core.ports import Lifecycle, Prompt, PromptTokenIds
 from deepprune_lc.runtime import resolve_backend
 from deepprune_lc.testing import ConstantJudge
 
@@ -133,7 +133,9 @@ async def test_astart_checks_the_server_and_learns_its_context(
     backends: dict[str, VLLMServerBackend],
 ) -> None:
     backend = backends["plain"]
+    assert isinstance(backend, Lifecycle) and isinstance(backend, PromptTokenIds)
     await backend.astart()
+    await backend.astart()  # idempotent
     [stats] = backend.endpoint_stats()
     assert stats.checked and not stats.down
     assert stats.max_model_len == 1024
