@@ -24,12 +24,15 @@ from deepprune_lc.core.errors import (
 )
 from deepprune_lc.core.events import DeepPruneEvent
 from deepprune_lc.core.ports import (
+    DYNASOR_PROBE_SUFFIX,
+    AnswerProbing,
     FinishReason,
     GenerationBackend,
     Judge,
     JudgeScores,
     Lifecycle,
     PrefixPair,
+    ProbeReply,
     Prompt,
     PromptTokenIds,
     TraceDelta,
@@ -40,6 +43,8 @@ from deepprune_lc.core.specs import Spec, SpecError, parse_spec
 
 __all__ = [
     "DEFAULT_REASONING_WORDS",
+    "DYNASOR_PROBE_SUFFIX",
+    "AnswerProbing",
     "AnswerRules",
     "BackendDeadError",
     "BackendError",
@@ -56,6 +61,7 @@ __all__ = [
     "JudgeScores",
     "Lifecycle",
     "PrefixPair",
+    "ProbeReply",
     "Prompt",
     "PromptTokenIds",
     "PruningConfig",

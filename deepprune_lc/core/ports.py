@@ -19,12 +19,15 @@ from typing import Literal, Protocol, runtime_checkable
 from deepprune_lc.core.config import SamplingConfig
 
 __all__ = [
+    "DYNASOR_PROBE_SUFFIX",
+    "AnswerProbing",
     "FinishReason",
     "GenerationBackend",
     "Judge",
     "JudgeScores",
     "Lifecycle",
     "PrefixPair",
+    "ProbeReply",
     "Prompt",
     "PromptTokenIds",
     "TraceCapacity",
@@ -146,6 +149,55 @@ class Lifecycle(Protocol):
 
     async def aclose(self) -> None:
         """Release the engine (a no-op when nothing is held); a later use may start it again."""
+        ...
+
+
+#: The published Dynasor probe (Fu et al., 2024), the default question a probe asks a thinking trace.
+#: A backend whose chat template has a think block closes it first (``</think>``) and then appends
+#: this; it ends inside ``\\boxed{`` so the model's next tokens are the answer itself.
+DYNASOR_PROBE_SUFFIX = (
+    "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReply:
+    """What a trace answered when it was asked for its answer now, without being disturbed.
+
+    ``text`` is what the model said after the probe suffix (raw, e.g. ``"204} \\]"``); ``answer`` is
+    the answer when the backend knows it directly (a recorded probe), else None and the caller
+    extracts it from ``"\\boxed{" + text`` with the run's answer rules. ``at_tokens``: the trace's
+    decoded tokens the probe saw. ``prefill_tokens`` / ``decoded_tokens`` / ``seconds``: what the
+    probe cost (counted in the result like judge cost; 0 on replay, which runs no model).
+    ``unknown``: the probe produced no answer (the recorded ``"ERR"``, or nothing parseable).
+    """
+
+    text: str
+    at_tokens: int
+    answer: str | None = None
+    prefill_tokens: int = 0
+    decoded_tokens: int = 0
+    seconds: float = 0.0
+    unknown: bool = False
+
+
+@runtime_checkable
+class AnswerProbing(Protocol):
+    """Optional: a backend that can ask a running trace "what is your answer now?".
+
+    The probe must not disturb the trace: its tokens are not appended to the trace, its sampling
+    state is unchanged, and the trace keeps decoding (or stays parked) as before. On an engine it is
+    a short extra greedy request (prompt ids + the trace's ids so far + ``suffix``; the prefix cache
+    makes the prefill nearly free); on replay, the recorded probe at the latest offset reached.
+    ``suffix=None`` takes the backend's default (``DYNASOR_PROBE_SUFFIX``, the think block closed
+    first where the chat template has one). Raises ``KeyError`` for a request id the backend does
+    not hold (never started, or already ended and forgotten).
+    """
+
+    async def probe(
+        self, request_id: str, *, suffix: str | None = None, max_tokens: int = 20
+    ) -> ProbeReply:
+        """Ask the trace ``request_id`` for its answer now."""
         ...
 
 
