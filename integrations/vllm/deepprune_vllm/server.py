@@ -466,15 +466,19 @@ class VLLMServerBackend:
                 if ended:
                     return
         finally:
-            pump = state.pump
-            if pump is not None:
-                if not (ended or pump.done()):
-                    state.stop_pump()  # closing the connection aborts the request on the server
-                # Wait until the connection is closed: no request outlives its stream.
-                await asyncio.wait([pump])
-            with self._lock:
-                if self._open.get(request.request_id) is state:
-                    del self._open[request.request_id]
+            try:
+                pump = state.pump
+                if pump is not None:
+                    if not (ended or pump.done()):
+                        state.stop_pump()  # closing the connection aborts the request on the server
+                    # Wait until the connection is closed: no request outlives its stream.
+                    await asyncio.wait([pump])
+            finally:
+                # Even when that wait is cancelled (a consumer cancelled twice): the pump was told
+                # to stop, and the stream is no longer open here.
+                with self._lock:
+                    if self._open.get(request.request_id) is state:
+                        del self._open[request.request_id]
 
     async def _pump(self, request: TraceRequest, state: _OpenStream) -> None:
         """Read the request's deltas (with retries and resumes) into the consumer's queue."""
