@@ -305,8 +305,10 @@ class LockstepClock:
     A batching engine decodes one token of every running trace per step, so a run's latency is the
     number of steps until its answer is decided. A stream that starts (or resumes) at step ``s``
     and has produced ``k`` tokens is at step ``s + k``; the clock is the furthest any stream got.
-    This counts sequential windows (ESC, Adaptive-Consistency) and resumed traces correctly, where
-    "the longest trace" would not.
+    This counts sequential windows (ESC, Adaptive-Consistency) and resumed traces, where "the
+    longest trace" would not. A stream started by another's event (a window after a window, a
+    resume) may start one step late, when a trace that decodes later in the same loop turn moved
+    the clock first: at most one step per such start.
     """
 
     def __init__(self, inner: ReplayBackend) -> None:
@@ -318,6 +320,9 @@ class LockstepClock:
 
     async def _stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
         start, produced = self.now, 0
+        # Read the first token one loop turn later: streams started together all record their
+        # start before any of them produces, as the traces of one engine step start together.
+        await asyncio.sleep(0)
         deltas = self.inner.stream(request)
         try:
             async for delta in deltas:

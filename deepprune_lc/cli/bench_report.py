@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from deepprune_lc.cli.bench_methods import BenchSettings
@@ -82,10 +82,22 @@ class RowReport(BaseModel):
     resamples: list[dict[str, float]]
 
     def spread(self, metric: str) -> Spread:
-        values = np.array([r[metric] for r in self.resamples], dtype=float)
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        low, high = np.percentile(values, [2.5, 97.5])
-        return Spread(mean=float(values.mean()), std=std, low=float(low), high=float(high))
+        values = sorted(r[metric] for r in self.resamples)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return Spread(
+            mean=statistics.fmean(values),
+            std=std,
+            low=_percentile(values, 2.5),
+            high=_percentile(values, 97.5),
+        )
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), on sorted values."""
+    position = (len(ordered) - 1) * q / 100
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
 class BenchReport(BaseModel):
