@@ -43,12 +43,14 @@ from deepprune_lc.runtime import (
     EarlyStoppingSelfConsistency,
     SelfConsistency,
     resolve_judge,
+    run_sync,
 )
 
 __all__ = [
     "BUILTIN_JUDGES",
     "AnswerLookupJudge",
     "BenchSettings",
+    "InstantJudge",
     "JudgeUnavailableError",
     "LockstepClock",
     "ProblemNumbers",
@@ -119,6 +121,29 @@ class RowSpec:
     source: str | None = None
 
 
+class InstantJudge:
+    """A judge whose every call completes while the replay stands still.
+
+    A judge that works on another thread (the embedding and LLM judges) lets a replay keep
+    decoding while it computes, so which traces were pruned where would depend on how loaded the
+    machine is. The bench blocks its own loop until the judge answers (the call runs on the
+    background loop), so every judge is measured as if it answered between two decoding steps;
+    what it read is reported as its prefill tokens, not hidden in the latency.
+    """
+
+    def __init__(self, inner: Judge) -> None:
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"InstantJudge({self.inner!r})"
+
+    async def _score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        return await self.inner.score(pairs)
+
+    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        return run_sync(self._score(pairs))
+
+
 class JudgeUnavailableError(RuntimeError):
     """A judge named in the settings cannot be built here (not installed, unknown kind)."""
 
@@ -172,7 +197,7 @@ def build_judge(name: str, pool: TracePool, resample: int, rules: AnswerRules) -
     if name == "oracle":
         return AnswerLookupJudge(pool, rules=rules)
     try:
-        return resolve_judge(name)
+        return InstantJudge(resolve_judge(name))
     except Exception as error:  # unknown kind, missing optional dependency, bad spec
         raise JudgeUnavailableError(f"{type(error).__name__}: {error}") from error
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,9 @@ from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.cli import app
 from deepprune_lc.cli.bench_bootstrap import resample_pool, run_bench
 from deepprune_lc.cli.bench_methods import (
+    AnswerLookupJudge,
     BenchSettings,
+    InstantJudge,
     _ProblemFacts,
     _TraceFacts,
     bench_rules,
@@ -24,6 +28,9 @@ from deepprune_lc.cli.bench_methods import (
     shortest_reaching,
 )
 from deepprune_lc.cli.bench_report import METRICS, BenchReport, load_report, markdown_table
+from deepprune_lc.core.config import PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair
+from deepprune_lc.runtime import DeepPrune
 
 RULES = bench_rules("math")
 
@@ -230,3 +237,26 @@ def test_the_command_writes_json_that_round_trips_markdown_and_a_png(
     # Rerunning the report's own settings reproduces it number for number.
     again = run_bench(load_trace_pool(pool_file), report.settings)
     assert again.model_dump() == report.model_dump()
+
+
+class _SlowOracle(AnswerLookupJudge):
+    """The oracle, answering after a real wait: how a judge on another thread behaves."""
+
+    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        await asyncio.sleep(0.05)
+        return await super().score(pairs)
+
+
+def test_a_slow_judge_is_measured_as_if_it_answered_between_two_steps() -> None:
+    pool = resample_pool(_pool(), 6, seed=1, resample=0, replace=False)
+    config = PruningConfig(n_traces=6, prefix=TokensPrefix(k=8), finalists=2)
+    sampling = SamplingConfig(max_tokens=100_000)
+
+    def tokens(judge: Judge) -> list[int]:
+        runner = DeepPrune(ReplayBackend(pool, yield_every=1), judge, config, sampling=sampling)
+        return [asyncio.run(runner.run(p.problem)).totals.decoded_tokens for p in pool.problems]
+
+    instant = tokens(AnswerLookupJudge(pool, rules=RULES))
+    assert tokens(InstantJudge(_SlowOracle(pool, rules=RULES))) == instant
+    # Unwrapped, the replay kept decoding while the judge waited.
+    assert sum(tokens(_SlowOracle(pool, rules=RULES))) > sum(instant)
