@@ -393,6 +393,25 @@ def bench_replay(
         write_pareto_plot(report, plot)
 
 
+@bench_app.command("show")
+def bench_show(
+    report_json: Annotated[Path, typer.Argument(help="A report written by bench replay --json")],
+    plot: Annotated[Path | None, typer.Option(help="Write a Pareto PNG here")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the table as markdown here")] = None,
+) -> None:
+    """Table (and plot) of a saved bench report, without re-running it."""
+    from deepprune_lc.cli.bench_report import load_report, markdown_table, rich_table
+
+    report = load_report(report_json)
+    Console().print(rich_table(report))
+    if output is not None:
+        output.write_text(markdown_table(report))
+    if plot is not None:
+        from deepprune_lc.cli.bench_plot import write_pareto_plot
+
+        write_pareto_plot(report, plot)
+
+
 @bench_app.command("sweep")
 def bench_sweep(
     pool: Annotated[Path, typer.Option(help="Trace pool JSONL")] = Path(

@@ -114,6 +114,24 @@ class BenchReport(BaseModel):
     def row(self, key: str) -> RowReport:
         return next(r for r in self.rows if r.key == key)
 
+    def paired_difference(self, row: RowReport, metric: str, baseline: str = "cons") -> Spread:
+        """``metric`` of ``row`` minus the baseline's, resample by resample.
+
+        Both ran on the same resampled traces, so the spread of the difference is far smaller
+        than either row's own spread: this is what says whether a method is better or worse.
+        """
+        base = self.row(baseline)
+        diffs = RowReport(
+            key=row.key,
+            method=row.method,
+            settings=row.settings,
+            resamples=[
+                {metric: r[metric] - b[metric]}
+                for r, b in zip(row.resamples, base.resamples, strict=True)
+            ],
+        )
+        return diffs.spread(metric)
+
     def write_json(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(self.model_dump_json(indent=1) + "\n")
 
@@ -157,16 +175,26 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _cells(report: BenchReport, row: RowReport) -> list[str]:
+    cells = [_cell(row, metric) for metric, _ in _COLUMNS]
+    paired = report.paired_difference(row, "accuracy")
+    cells.insert(1, f"{paired.mean * 100:+.1f} ± {paired.std * 100:.1f}")
+    return cells
+
+
+_TITLES = [title for _, title in _COLUMNS]
+_TITLES.insert(1, "accuracy − cons@N (points, paired)")
+
+
 def markdown_table(report: BenchReport) -> str:
     lines = [
         report.header(),
         "",
-        "| method | settings | " + " | ".join(title for _, title in _COLUMNS) + " |",
-        "|---|---|" + "---|" * len(_COLUMNS),
+        "| method | settings | " + " | ".join(_TITLES) + " |",
+        "|---|---|" + "---|" * len(_TITLES),
     ]
     for row in report.rows:
-        cells = [_cell(row, metric) for metric, _ in _COLUMNS]
-        lines.append(f"| {row.method} | {row.settings} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row.method} | {row.settings} | " + " | ".join(_cells(report, row)) + " |")
     lines += [""] + [f"Note: {note}" for note in report.notes]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -178,10 +206,10 @@ def rich_table(report: BenchReport) -> object:
     table = Table(title=report.header(), title_justify="left")
     table.add_column("method")
     table.add_column("settings")
-    for _, title in _COLUMNS:
+    for title in _TITLES:
         table.add_column(title, justify="right")
     for row in report.rows:
-        table.add_row(row.method, row.settings, *(_cell(row, m) for m, _ in _COLUMNS))
+        table.add_row(row.method, row.settings, *_cells(report, row))
     if report.notes:
         table.caption = "\n".join(report.notes)
         table.caption_justify = "left"

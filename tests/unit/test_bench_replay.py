@@ -234,6 +234,20 @@ def test_the_command_writes_json_that_round_trips_markdown_and_a_png(
     assert all(len(row.resamples) == 2 for row in report.rows)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out_png.stat().st_size > 10_000
+    # The saved report tables again without a re-run; the paired difference of cons@N is zero.
+    shown_md, shown_png = tmp_path / "shown.md", tmp_path / "shown.png"
+    shown = CliRunner().invoke(
+        app, ["bench", "show", str(out_json), "--output", str(shown_md), "--plot", str(shown_png)]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert shown_md.read_text() == out_md.read_text()
+    assert shown_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cons = report.row("cons")
+    assert report.paired_difference(cons, "accuracy").mean == 0.0
+    lexical = report.row("deepprune_robust_lexical_k2")
+    assert report.paired_difference(lexical, "accuracy").mean == pytest.approx(
+        lexical.spread("accuracy").mean - cons.spread("accuracy").mean
+    )
     # Rerunning the report's own settings reproduces it number for number.
     again = run_bench(load_trace_pool(pool_file), report.settings)
     assert again.model_dump() == report.model_dump()
