@@ -13,9 +13,12 @@ from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.core.answers import AnswerRules
 from deepprune_lc.core.config import SamplingConfig
 from deepprune_lc.core.controllers import (
+    AbortTrace,
     AdaptiveConsistencyConfig,
     AdaptiveConsistencyController,
     Controller,
+    ControllerProtocol,
+    ControllerProtocolError,
     RunDone,
     StartTrace,
 )
@@ -140,3 +143,17 @@ def test_the_runner_replays_a_pool_and_stops_early() -> None:
     one = result.traces[0].tokens_decoded
     assert result.totals.decoded_tokens == 4 * one
     assert math.isclose(majority_confidence(4, 0), 31 / 32)
+
+
+def test_it_is_a_controller_like_the_others_deadline_and_protocol_errors_included() -> None:
+    ctl = ac(8, batch=2)
+    assert isinstance(ctl, ControllerProtocol)
+    ctl.start()
+    with pytest.raises(ControllerProtocolError, match="never started"):
+        finish(ctl, 5, "7")
+    finish(ctl, 0, "7")
+    actions = ctl.on_deadline()
+    assert actions == [AbortTrace(1, "deadline"), RunDone()]
+    assert ctl.outcome is not None
+    assert (ctl.outcome.answer, ctl.outcome.fallback) == ("7", "deadline")
+    assert ctl.statuses() == ["finished", "aborted"] + [None] * 6
