@@ -1,4 +1,5 @@
-"""Public entry points: ``DeepPrune`` and the baselines it is measured against.
+"""Public entry points: ``DeepPrune`` and the baselines it is measured against (cons@N, ESC,
+Adaptive-Consistency).
 
 Each is a thin, reusable object holding a backend, a judge and validated configs. Every ``run`` builds
 a fresh controller and driver, so one instance serves many questions, sequentially or concurrently.
@@ -18,6 +19,8 @@ from deepprune_lc.core.config import (
     VoteSettling,
 )
 from deepprune_lc.core.controllers import (
+    AdaptiveConsistencyConfig,
+    AdaptiveConsistencyController,
     ControllerProtocol,
     DeepPruneController,
     EarlyStoppingController,
@@ -29,6 +32,7 @@ from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.runtime.driver import Driver, iterate_events, validate_prompt
 
 __all__ = [
+    "AdaptiveConsistency",
     "DeepPrune",
     "EarlyStoppingSelfConsistency",
     "SelfConsistency",
@@ -199,3 +203,33 @@ class EarlyStoppingSelfConsistency(SelfConsistency):
 
     def _controller(self) -> ControllerProtocol:
         return EarlyStoppingController(self.esc_config, self.answers)
+
+
+class AdaptiveConsistency(SelfConsistency):
+    """Baseline Adaptive-Consistency (Aggarwal et al., 2023): batches of ``batch`` traces, stop once
+    a Beta posterior says the leading answer is the majority with probability >= ``confidence``.
+    """
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        config: AdaptiveConsistencyConfig | None = None,
+        *,
+        sampling: SamplingConfig | None = None,
+        answers: AnswerRules | str | None = None,
+    ) -> None:
+        self.ac_config = config if config is not None else AdaptiveConsistencyConfig()
+        super().__init__(
+            backend,
+            self.ac_config.n_traces,
+            sampling=sampling,
+            answers=answers,
+            seed=self.ac_config.seed,
+            deadline_s=self.ac_config.deadline_s,
+        )
+
+    def _run_config(self, n_traces: int, seed: int, deadline_s: float | None) -> RunConfig:
+        return self.ac_config
+
+    def _controller(self) -> ControllerProtocol:
+        return AdaptiveConsistencyController(self.ac_config, self.answers)

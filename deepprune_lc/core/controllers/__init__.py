@@ -26,6 +26,8 @@ from deepprune_lc.core.controllers.actions import (
 )
 from deepprune_lc.core.controllers.base import Controller, Outcome, TraceState, TraceView
 from deepprune_lc.core.controllers.baselines import (
+    AdaptiveConsistencyConfig,
+    AdaptiveConsistencyController,
     EarlyStoppingController,
     SelfConsistencyController,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "AbortReason",
     "AbortTrace",
     "Action",
+    "AdaptiveConsistencyConfig",
+    "AdaptiveConsistencyController",
     "ClusterTrace",
     "Controller",
     "ControllerProtocol",
