@@ -110,6 +110,10 @@ class _TraceRun:
     prefix_tokens: int | None = None
     clustered_at_s: float | None = None
     finish_reason: str | None = None
+    #: Virtual clock (decode steps) when the current incarnation started, and the trace's tokens
+    #: then: the incarnation is at step ``clock_base + len(token_ids) - tokens_at_start``.
+    clock_base: int = 0
+    tokens_at_start: int = 0
     #: The terminal event (aborted, pruned) decided but held until the trace's stream has ended,
     #: so that it carries the final token count; ``ended`` once a terminal event was sent.
     end_event: tuple[type[DeepPruneEvent], dict[str, object]] | None = None
@@ -162,6 +166,13 @@ class Driver:
         self._judge_pairs = 0
         self._judge_prefill = 0
         self._judge_time = 0.0
+        self._probe_calls = 0
+        self._probe_prefill = 0
+        self._probe_decoded = 0
+        self._probe_time = 0.0
+        #: The trace whose delta, signal or end the driver is handling (its clock is "now").
+        self._current: _TraceRun | None = None
+        self._decided_at: int | None = None
 
     # ------------------------------------------------------------------------------------------
     # Public entry point
@@ -245,6 +256,8 @@ class Driver:
             elif isinstance(action, FailRun):
                 self._fail(JudgeError(action.reason))
             elif isinstance(action, RunDone):
+                if self._decided_at is None:
+                    self._decided_at = self._clock()
                 self._settle_pruned()
                 self._done.set()
 
@@ -365,6 +378,8 @@ class Driver:
             trace.stop_before_start = False
             return
         resume_ids = tuple(trace.token_ids) if resume else ()
+        trace.clock_base = self._clock() if trace.incarnation else 0
+        trace.tokens_at_start = len(trace.token_ids)
         trace.incarnation += 1
         trace.request_id = f"{self.run_id}-t{trace.trace_id}-{trace.incarnation}"
         trace.abort_requested = False
@@ -442,6 +457,13 @@ class Driver:
         self._on_stream_end(trace, finish_reason)
 
     def _on_signals(self, trace: _TraceRun, signals: Sequence[Signal]) -> None:
+        self._current = trace
+        try:
+            self._handle_signals(trace, signals)
+        finally:
+            self._current = None
+
+    def _handle_signals(self, trace: _TraceRun, signals: Sequence[Signal]) -> None:
         for signal in signals:
             if isinstance(signal, PrefixComplete):
                 trace.prefix_tokens = signal.tokens
@@ -454,13 +476,20 @@ class Driver:
             self._execute(self.controller.on_signal(trace.trace_id, signal))
 
     def _on_stream_end(self, trace: _TraceRun, finish_reason: str | None) -> None:
+        self._current = trace
+        try:
+            self._handle_stream_end(trace, finish_reason)
+        finally:
+            self._current = None
+
+    def _handle_stream_end(self, trace: _TraceRun, finish_reason: str | None) -> None:
         if finish_reason == "abort" or (finish_reason is None and trace.abort_requested):
             if not trace.abort_requested:
                 self._fail(GenerationError(f"backend aborted trace {trace.trace_id} on its own"))
             return
         trace.finish_reason = finish_reason or "stop"
         if trace.monitor is not None and trace.monitor.active:
-            self._on_signals(trace, trace.monitor.close())
+            self._handle_signals(trace, trace.monitor.close())
         actions = self.controller.on_finished(trace.trace_id, trace.text, trace.finish_reason)
         if self.controller.trace_view(trace.trace_id).status == "finished":
             trace.ended = True
@@ -550,6 +579,24 @@ class Driver:
     # ------------------------------------------------------------------------------------------
     # Events and results
 
+    def _clock(self) -> int:
+        """Decode steps so far (docs/method.md, "Latency").
+
+        The trace being handled defines "now" (its own position; in lockstep every running trace
+        is there too, give or take one delta); otherwise the furthest incarnation's position.
+        """
+        current = self._current
+        if current is not None:
+            return current.clock_base + len(current.token_ids) - current.tokens_at_start
+        return max(
+            (
+                t.clock_base + len(t.token_ids) - t.tokens_at_start
+                for t in self.traces
+                if t.incarnation
+            ),
+            default=0,
+        )
+
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
@@ -617,6 +664,16 @@ class Driver:
                 )
             )
         decoded = sum(len(t.token_ids) for t in self.traces)
+        capped = sum(1 for t in self.traces if t.finish_reason == "length")
+        if capped:
+            _log.warning(
+                "run %s: %d of %d traces ended on the token budget (max_tokens=%d) and were cut "
+                "short; their answers may be missing",
+                self.run_id,
+                capped,
+                controller.n_traces,
+                self.sampling.max_tokens,
+            )
         estimated = (
             controller.n_traces * sum(finished_lengths) / len(finished_lengths)
             if finished_lengths
@@ -637,7 +694,13 @@ class Driver:
             judge_pairs=self._judge_pairs,
             judge_prefill_tokens=self._judge_prefill,
             judge_time_s=self._judge_time,
+            probe_calls=self._probe_calls,
+            probe_prefill_tokens=self._probe_prefill,
+            probe_decoded_tokens=self._probe_decoded,
+            probe_time_s=self._probe_time,
             wall_time_s=self._elapsed(),
+            latency_tokens=self._decided_at if self._decided_at is not None else self._clock(),
+            length_capped=capped,
         )
         winner = outcome.winning_trace if outcome else None
         fallback = outcome.fallback if outcome else None
