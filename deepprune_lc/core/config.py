@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_REASONING_WORDS",
     "EarlyStoppingConfig",
     "PrefixPolicy",
+    "ProbeClustering",
     "PruningConfig",
     "ReasoningWordsPrefix",
     "RunConfig",
@@ -120,6 +121,31 @@ class VoteSettling(_Frozen):
     min_margin: int = Field(2, ge=1, description="Votes the leader must lead the runner-up by.")
 
 
+class ProbeClustering(_Frozen):
+    """Clustering by answer probes instead of pairwise judge calls (docs/method.md, "Probes").
+
+    At ``at_tokens`` decoded tokens every trace is asked for its answer now (the backend's
+    ``AnswerProbing``); traces whose probe answers are equivalent under the run's answer rules share
+    a cluster, found with no judge call. A probe with no answer is ``unknown``: with
+    ``unknown="separate"`` it never merges (the trace founds a cluster of its own), with
+    ``"together"`` the unknowns form one cluster. ``reprobe_every`` (robust finalisation only)
+    probes the running finalists again every so many tokens; once ``agree_stop`` probes in a row of
+    every running finalist agree with the leading finished answer (and no finished vote disagrees),
+    the vote is taken as settled and they stop.
+    """
+
+    at_tokens: int = Field(
+        500, ge=1, description="Decoded tokens at which a trace is probed and clustered."
+    )
+    unknown: Literal["separate", "together"] = "separate"
+    reprobe_every: int | None = Field(
+        None, ge=1, description="Tokens between later probes of running finalists (None: never)."
+    )
+    agree_stop: int = Field(
+        2, ge=1, description="Consecutive agreeing probes of every running finalist that stop them."
+    )
+
+
 class RunConfig(_Frozen):
     """What every parallel-sampling method shares: how many traces, the seed, the deadline.
 
@@ -187,6 +213,13 @@ class PruningConfig(RunConfig):
         ),
     )
     on_judge_error: Literal["fallback", "raise"] = "fallback"
+    probe: ProbeClustering | None = Field(
+        None,
+        description=(
+            "Cluster by answer probes (no pairwise judge calls); set by the 'probe' judge when "
+            "left None. Needs a backend with AnswerProbing."
+        ),
+    )
 
 
 class SamplingConfig(_Frozen):

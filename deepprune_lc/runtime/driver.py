@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
-from deepprune_lc.core.config import RunConfig, SamplingConfig
+from deepprune_lc.core.config import ProbeClustering, RunConfig, SamplingConfig
 from deepprune_lc.core.controllers import (
     AbortReason,
     AbortTrace,
@@ -31,6 +31,7 @@ from deepprune_lc.core.controllers import (
     FailRun,
     FlagUnreliable,
     ParkTrace,
+    ProbeTrace,
     ResumeTrace,
     RunDone,
     ScorePairs,
@@ -54,7 +55,7 @@ from deepprune_lc.core.events import (
     VoteCounted,
 )
 from deepprune_lc.core.monitors import PrefixComplete, Signal, TraceMonitor
-from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt, TraceRequest
+from deepprune_lc.core.ports import AnswerProbing, GenerationBackend, Judge, Prompt, TraceRequest
 from deepprune_lc.core.result import (
     DeepPruneResult,
     RunTotals,
@@ -88,6 +89,29 @@ def validate_prompt(prompt: Prompt) -> Prompt:
     if not any(str(m["content"]).strip() for m in messages):
         raise ValueError("prompt: every message is empty")
     return messages
+
+
+def _check_probing(backend: GenerationBackend, prompt: Prompt) -> None:
+    """Probe clustering needs a backend that answers probes, here for this prompt."""
+    if not isinstance(backend, AnswerProbing):
+        raise ValueError(
+            f"probe clustering needs a backend with AnswerProbing (probe); "
+            f"{type(backend).__name__} has none"
+        )
+    records = getattr(backend, "records_probes", None)
+    if records is None:
+        return
+    try:
+        recorded = bool(records(prompt))
+    except ValueError:
+        return  # a prompt the backend does not hold: its stream says so
+    if not recorded:
+        source = getattr(getattr(backend, "pool", None), "source", type(backend).__name__)
+        raise ValueError(
+            f"probe clustering: the trace pool {source} records no answer probes for this "
+            "prompt (a text pool); use a pool with 'probes' and 'probe_every_tokens', or a "
+            "pairwise judge"
+        )
 
 
 @dataclass(slots=True)
@@ -139,6 +163,16 @@ class Driver:
         listeners: Sequence[EventListener] = (),
         policy: str | None = None,
     ) -> None:
+        settings = getattr(judge, "probe_clustering", None)
+        enable = getattr(controller, "enable_probes", None)
+        if (
+            isinstance(settings, ProbeClustering)
+            and enable is not None
+            and getattr(controller, "probe", None) is None
+        ):
+            enable(settings)  # the probe judge: cluster by probe answers, no pair calls
+        if getattr(controller, "needs_probes", False):
+            _check_probing(backend, prompt)
         if controller.needs_judge and judge is None:
             raise ValueError(f"{type(controller).__name__} needs a judge")
         if controller.n_traces != run.n_traces:
@@ -170,6 +204,8 @@ class Driver:
         self._probe_prefill = 0
         self._probe_decoded = 0
         self._probe_time = 0.0
+        #: Probes due on the trace being handled, run before its next delta is read.
+        self._inline_probes: list[ProbeTrace] = []
         #: The trace whose delta, signal or end the driver is handling (its clock is "now").
         self._current: _TraceRun | None = None
         self._decided_at: int | None = None
@@ -224,6 +260,14 @@ class Driver:
                 self._start(action.trace_id, resume=False)
             elif isinstance(action, ScorePairs):
                 self._spawn(self._score(action))
+            elif isinstance(action, ProbeTrace):
+                current = self._current
+                if current is not None and current.trace_id == action.trace_id:
+                    # Asked between two of its deltas: the probe runs before the next is read,
+                    # so it sees the trace exactly where the signal was (and a park lands there).
+                    self._inline_probes.append(action)
+                else:
+                    self._spawn(self._probe(action, inline=False))
             elif isinstance(action, ClusterTrace):
                 trace = self.traces[action.trace_id]
                 trace.clustered_at_s = self._elapsed()
@@ -432,6 +476,8 @@ class Driver:
                         monitor = None
                     if signals:
                         self._on_signals(trace, signals)
+                        if self._inline_probes:
+                            await self._run_inline_probes()
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                     break
@@ -502,6 +548,57 @@ class Driver:
             )
         # else: it had already been stopped (a race with its abort); its held event says so.
         self._execute(actions)
+
+    # ------------------------------------------------------------------------------------------
+    # Probes
+
+    async def _run_inline_probes(self) -> None:
+        while self._inline_probes:
+            await self._probe(self._inline_probes.pop(0), inline=True)
+
+    async def _probe(self, action: ProbeTrace, *, inline: bool) -> None:
+        """Ask the backend for the trace's answer now and tell the controller what it said."""
+        trace = self.traces[action.trace_id]
+        on_probed = getattr(self.controller, "on_probed", None)
+        on_failed = getattr(self.controller, "on_probe_failed", None)
+        if on_probed is None or on_failed is None:
+            raise TypeError(f"{type(self.controller).__name__} asked for a probe it cannot take")
+        request_id = trace.request_id
+        if request_id is None or not trace.stream_open or trace.abort_requested:
+            # It stopped before the probe ran: nothing to ask, its answer is unknown.
+            self._execute_for(trace, on_probed(trace.trace_id, unknown=True), inline)
+            return
+        backend = self.backend
+        assert isinstance(backend, AnswerProbing)
+        started = time.perf_counter()
+        try:
+            reply = await backend.probe(request_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._probe_calls += 1
+            self._probe_time += time.perf_counter() - started
+            self._execute_for(trace, on_failed(trace.trace_id, repr(exc)), inline)
+            return
+        self._probe_calls += 1
+        self._probe_prefill += int(reply.prefill_tokens)
+        self._probe_decoded += int(reply.decoded_tokens)
+        self._probe_time += time.perf_counter() - started
+        actions = on_probed(
+            trace.trace_id, text=reply.text, answer=reply.answer, unknown=reply.unknown
+        )
+        self._execute_for(trace, actions, inline)
+
+    def _execute_for(self, trace: _TraceRun, actions: list[Action], inline: bool) -> None:
+        """Execute with ``trace`` as "now" when it runs between that trace's deltas."""
+        if not inline:
+            self._execute(actions)
+            return
+        self._current = trace
+        try:
+            self._execute(actions)
+        finally:
+            self._current = None
 
     # ------------------------------------------------------------------------------------------
     # Judge
