@@ -50,13 +50,17 @@ def _runner(config: str, backend: ReplayBackend, n: int, seed: int) -> DeepPrune
         pruning = PruningConfig(n_traces=n, seed=seed, prefix=TokensPrefix(k=500))
         return DeepPrune(backend, RandomJudge(seed), pruning)
     if config.startswith("probe"):
+        # probe:<ProbeClustering or PruningConfig fields>, e.g. probe:at_tokens=1000&finalists=10
         _, _, options = config.partition(":")
         fields: dict[str, object] = {}
+        pruning_fields: dict[str, object] = {"n_traces": n, "seed": seed}
         for item in filter(None, options.split("&")):
             key, _, value = item.partition("=")
-            fields[key] = None if value == "none" else value
+            target = fields if key in ProbeClustering.model_fields else pruning_fields
+            target[key] = None if value == "none" else value
         settings = ProbeClustering.model_validate(fields)
-        return DeepPrune(backend, ProbeJudge(settings), PruningConfig(n_traces=n, seed=seed))
+        pruning = PruningConfig.model_validate(pruning_fields)
+        return DeepPrune(backend, ProbeJudge(settings), pruning)
     raise SystemExit(f"unknown config {config!r}")
 
 
@@ -70,7 +74,11 @@ async def run_config(pool: TracePool, config: str, n: int, seed: int = 0) -> Row
     for problem in pool.problems:
         result: DeepPruneResult = await runner.run(problem.problem)
         truth = problem.answer
-        if truth is not None and result.answer is not None and rules.equivalent(result.answer, truth):
+        if (
+            truth is not None
+            and result.answer is not None
+            and rules.equivalent(result.answer, truth)
+        ):
             correct += 1
         tokens += result.totals.decoded_tokens
         latency += result.totals.latency_tokens or 0
@@ -89,7 +97,9 @@ def main() -> None:
     if "cons" not in configs:
         configs = ["cons", *configs]
     base: Row | None = None
-    print(f"{'config':42} {'acc':>6} {'tokens':>11} {'x cons':>7} {'latency':>9} {'x cons':>7} {'s':>6}")
+    print(
+        f"{'config':42} {'acc':>6} {'tokens':>11} {'x cons':>7} {'latency':>9} {'x cons':>7} {'s':>6}"
+    )
     for config in configs:
         row = asyncio.run(run_config(pool, config, args.n, args.seed))
         base = base or row

@@ -98,8 +98,12 @@ class _PoolModel(BaseModel):
         for key in _OPTIONAL_KEYS:
             if key in data and data[key] is None:
                 del data[key]
-        if data.get("tokens") is not None and data.get("text") == "":
-            del data["text"]  # a text-free trace was read without one
+        if data.get("tokens") is not None:
+            # A text-free trace is written with the fields it was read with, no others.
+            for key in [
+                k for k, v in data.items() if v in (None, "") and k not in self.model_fields_set
+            ]:
+                del data[key]
         for key, value in extra.items():
             data.setdefault(key, value)
         return data

@@ -212,6 +212,15 @@ class PruningConfig(RunConfig):
             "there are parked traces)."
         ),
     )
+    split_resume: Literal["needed", "doubling"] = Field(
+        "needed",
+        description=(
+            "Robust finalisation, when the finished finalists split: resume as many traces as "
+            "could settle the vote ('needed'), or at least as many as have voted so far "
+            "('doubling': a hard question reaches its full vote in log2(N / K2) rounds, not "
+            "one round per missing vote; each round waits for a whole trace)."
+        ),
+    )
     on_judge_error: Literal["fallback", "raise"] = "fallback"
     probe: ProbeClustering | None = Field(
         None,

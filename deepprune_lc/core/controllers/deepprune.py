@@ -500,6 +500,8 @@ class DeepPruneController(Controller):
         votes = group_votes(ballots, self.rules.equivalent) if ballots else []
         lead = votes[0].weight - (votes[1].weight if len(votes) > 1 else 0.0) if votes else 0.0
         need = max(1, math.ceil(self.config.settle.min_margin - lead))
+        if self.config.split_resume == "doubling":
+            need = max(need, len(ballots))
         if self._extra_left is not None:
             need = min(need, self._extra_left)
         candidates = self._resume_candidates()[:need]
