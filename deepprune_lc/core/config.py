@@ -129,9 +129,9 @@ class ProbeClustering(_Frozen):
     a cluster, found with no judge call. A probe with no answer is ``unknown``: with
     ``unknown="separate"`` it never merges (the trace founds a cluster of its own), with
     ``"together"`` the unknowns form one cluster. ``reprobe_every`` (robust finalisation only)
-    probes the running finalists again every so many tokens; once ``agree_stop`` probes in a row of
-    every running finalist agree with the leading finished answer (and no finished vote disagrees),
-    the vote is taken as settled and they stop.
+    probes the running finalists again every so many tokens: a finalist whose last ``agree_stop``
+    probes all name the finished vote's leader is committed to it, and the settled-vote rule then
+    counts only the uncommitted running finalists as able to overturn the vote.
     """
 
     at_tokens: int = Field(
@@ -142,7 +142,16 @@ class ProbeClustering(_Frozen):
         None, ge=1, description="Tokens between later probes of running finalists (None: never)."
     )
     agree_stop: int = Field(
-        2, ge=1, description="Consecutive agreeing probes of every running finalist that stop them."
+        2,
+        ge=1,
+        description="Consecutive probes naming the leader that make a running finalist committed.",
+    )
+    count_committed: bool = Field(
+        False,
+        description=(
+            "Count committed finalists as votes for the leader (settled when lead + committed > "
+            "uncommitted running), not only as traces that cannot overturn it."
+        ),
     )
 
 

@@ -54,7 +54,9 @@ async def _collect(backend: ReplayBackend, request: TraceRequest) -> list[TraceD
     return [delta async for delta in backend.stream(request)]
 
 
-def _request(rid: str = "r", index: int = 0, resume: tuple[int, ...] = (), **sampling: Any):
+def _request(
+    rid: str = "r", index: int = 0, resume: tuple[int, ...] = (), **sampling: Any
+) -> TraceRequest:
     return TraceRequest(rid, index, QUESTION, SamplingConfig(**sampling), 0, resume)
 
 
@@ -89,7 +91,11 @@ def test_a_text_free_pool_loads_and_writes_back_unchanged(tmp_path: Path) -> Non
         ([_trace(10, "1", ["1"])], None, "probe_every_tokens: traces.0 records probes"),
         ([_trace(10, "1"), {"text": "a"}], 5, "traces.1: the problem mixes text traces"),
         ([_trace(0, "1")], 5, "traces.0.tokens: Input should be greater than or equal to 1"),
-        ([_trace(10, "1", [3])], 5, "traces.0.probes.0: Input should be a valid string"),
+        (
+            [{"tokens": 10, "final_answer": "1", "probes": [3]}],
+            5,
+            "traces.0.probes.0: Input should be a valid string",
+        ),
     ],
 )
 def test_a_malformed_text_free_line_names_file_line_and_field(
@@ -210,7 +216,9 @@ async def test_a_text_trace_cannot_be_probed() -> None:
 # ---------------------------------------------------------------- latency and budgets
 
 
-def _answers_pool(lengths: Sequence[int], finals: Sequence[str], probes: Sequence[Sequence[str]]):
+def _answers_pool(
+    lengths: Sequence[int], finals: Sequence[str], probes: Sequence[Sequence[str]]
+) -> TracePool:
     return _pool([_trace(n, f, p) for n, f, p in zip(lengths, finals, probes, strict=True)])
 
 
@@ -267,7 +275,7 @@ class TestProbeJudgeConformance(JudgeConformanceTests):
     [("separate", [1.0, 0.0, 0.0, 0.0]), ("together", [1.0, 0.0, 0.0, 1.0])],
 )
 async def test_probe_judge_scores_answer_classes(unknown: str, expected: list[float]) -> None:
-    judge = ProbeJudge(ProbeClustering(unknown=unknown))  # type: ignore[arg-type]
+    judge = ProbeJudge(ProbeClustering(unknown=unknown))
     pairs = [
         PrefixPair(0, 1, "\\boxed{1/2}", "\\boxed{0.5}"),
         PrefixPair(0, 1, "\\boxed{3}", "\\boxed{4}"),
@@ -306,7 +314,7 @@ async def test_unknown_probes_merge_only_when_asked() -> None:
     probes = [["ERR"], ["ERR"], ["ERR"], ["7"]]
     backend = ReplayBackend(_answers_pool([500] * 4, ["7"] * 4, probes), chunk_tokens=50)
     for unknown, largest in (("separate", 1), ("together", 3)):
-        judge = ProbeJudge(ProbeClustering(at_tokens=100, unknown=unknown))  # type: ignore[arg-type]
+        judge = ProbeJudge(ProbeClustering(at_tokens=100, unknown=unknown))
         result = await DeepPrune(backend, judge, PruningConfig(n_traces=4)).run(QUESTION)
         assert max(c.size for c in result.clusters) == largest, unknown
         assert result.answer == "7"
@@ -365,7 +373,7 @@ def test_probe_runs_always_end_consistently(
     lengths, finals, probes = pool
     n = len(lengths)
     backend = ReplayBackend(_answers_pool(lengths, finals, probes), chunk_tokens=50)
-    settings_ = ProbeClustering(at_tokens=100, unknown=unknown, reprobe_every=reprobe)  # type: ignore[arg-type]
+    settings_ = ProbeClustering(at_tokens=100, unknown=unknown, reprobe_every=reprobe)
     config = PruningConfig(
         n_traces=n, finalists=finalists, split_resume="doubling" if doubling else "needed"
     )

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from deepprune_lc.core.answers import AnswerRules, Ballot, group_votes
+from deepprune_lc.core.answers import AnswerRules, Ballot, group_votes, vote_settled
 from deepprune_lc.core.config import ProbeClustering, PruningConfig
 from deepprune_lc.core.controllers.actions import (
     Action,
@@ -196,26 +196,46 @@ class DeepPruneController(Controller):
         return self._join(trace_id, self._winner().cluster_id, 0.0, forced=True)
 
     def _probes_agree(self) -> list[Action] | None:
-        """Agreement stop (``ProbeClustering.reprobe_every``): the finished votes are unanimous and
-        the last ``agree_stop`` probes of every running finalist give the same answer; then the
-        running finalists stop and the finished traces vote. None while that does not hold."""
+        """The probe-aware settled vote (``ProbeClustering.reprobe_every``).
+
+        A running finalist whose last ``agree_stop`` probes all name the finished vote's leader is
+        *committed* to it: it could only overturn the vote by changing its mind. The vote is then
+        settled as ``vote_settled`` says, with only the uncommitted running traces counted as
+        able to overturn it (the lead must still be at least ``settle.min_margin``); the running
+        finalists stop and the finished traces vote. None while that does not hold, or when no
+        running trace is committed (the plain settled-vote rule decides then).
+        """
         probe = self.probe
-        if probe is None or probe.reprobe_every is None:
+        if probe is None or probe.reprobe_every is None or not self.config.settle.enabled:
             return None
         running = [t.trace_id for t in self.traces if t.status == "running"]
         if not running:
             return None
         ballots = self._finished_ballots()
         votes = group_votes(ballots, self._same) if ballots else []
-        if len(votes) != 1:
+        if not votes:
             return None
         leader = votes[0].answer
+        uncommitted = 0
         for trace_id in running:
             recent = self._recent_probes.get(trace_id)
-            if recent is None or len(recent) < probe.agree_stop:
-                return None
-            if any(a is None or not self._same(leader, a) for a in recent):
-                return None
+            sure = (
+                recent is not None
+                and len(recent) == probe.agree_stop
+                and all(a is not None and self._same(leader, a) for a in recent)
+            )
+            uncommitted += not sure
+        committed = len(running) - uncommitted
+        if not committed:
+            return None
+        if probe.count_committed and votes:
+            # Committed finalists count as the leader's votes (as Parallel-Probe's probe vote).
+            lead = votes[0].weight - (votes[1].weight if len(votes) > 1 else 0.0)
+            settled = lead + committed > uncommitted and lead >= self.config.settle.min_margin
+        else:
+            settled = vote_settled(votes, uncommitted, self.config.settle.min_margin)
+        if not settled:
+            return None
         actions: list[Action] = []
         for trace_id in running:
             actions += self._abort(trace_id, "vote_settled")
