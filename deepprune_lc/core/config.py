@@ -128,10 +128,12 @@ class ProbeClustering(_Frozen):
     ``AnswerProbing``); traces whose probe answers are equivalent under the run's answer rules share
     a cluster, found with no judge call. A probe with no answer is ``unknown``: with
     ``unknown="separate"`` it never merges (the trace founds a cluster of its own), with
-    ``"together"`` the unknowns form one cluster. ``reprobe_every`` (robust finalisation only)
-    probes the running finalists again every so many tokens: a finalist whose last ``agree_stop``
-    probes all name the finished vote's leader is committed to it, and the settled-vote rule then
-    counts only the uncommitted running finalists as able to overturn the vote.
+    ``"together"`` the unknowns form one cluster. ``reprobe_every`` (robust finalisation only;
+    None turns it off) probes the running finalists again every so many tokens: a finalist whose
+    last ``agree_stop`` probes all name the finished vote's leader is committed to it; the
+    settled-vote rule then counts only the uncommitted running finalists as able to overturn the
+    vote, and (``count_committed``) the committed ones as the leader's votes. Defaults and the
+    measurements behind them: docs/method.md, "Answer probes".
     """
 
     at_tokens: int = Field(
@@ -139,7 +141,9 @@ class ProbeClustering(_Frozen):
     )
     unknown: Literal["separate", "together"] = "separate"
     reprobe_every: int | None = Field(
-        None, ge=1, description="Tokens between later probes of running finalists (None: never)."
+        500,
+        ge=1,
+        description="Tokens between later probes of running finalists (None: never probe again).",
     )
     agree_stop: int = Field(
         2,
@@ -147,7 +151,7 @@ class ProbeClustering(_Frozen):
         description="Consecutive probes naming the leader that make a running finalist committed.",
     )
     count_committed: bool = Field(
-        False,
+        True,
         description=(
             "Count committed finalists as votes for the leader (settled when lead + committed > "
             "uncommitted running), not only as traces that cannot overturn it."

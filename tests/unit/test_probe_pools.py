@@ -299,9 +299,8 @@ async def test_the_probe_judge_clusters_with_no_pair_scored() -> None:
     probes = [["3", "204"], ["3", "9"], ["ERR"], ["150"], ["3"], ["3"]]
     backend = ReplayBackend(_answers_pool([900, 800, 700, 600, 1000, 1100], finals, probes))
     config = PruningConfig(n_traces=6, finalists=2)
-    result = await DeepPrune(backend, ProbeJudge(ProbeClustering(at_tokens=100)), config).run(
-        QUESTION
-    )
+    judge = ProbeJudge(ProbeClustering(at_tokens=100, reprobe_every=None))
+    result = await DeepPrune(backend, judge, config).run(QUESTION)
     assert result.totals.judge_calls == 0 and result.totals.probe_calls == 5
     # Probe classes at 100 tokens, in lockstep order: "3" (traces 0, 1, 4), unknown (2, alone),
     # "150" (3). After trace 4, 3 > 1 + 1 unclustered: the winner is certain, trace 5 is aborted.
@@ -362,6 +361,7 @@ def _probe_pools(draw: st.DrawFn) -> tuple[list[int], list[str], list[list[str]]
     finalists=st.integers(1, 4),
     reprobe=st.sampled_from([None, 100]),
     doubling=st.booleans(),
+    count_committed=st.booleans(),
 )
 def test_probe_runs_always_end_consistently(
     pool: tuple[list[int], list[str], list[list[str]]],
@@ -369,11 +369,14 @@ def test_probe_runs_always_end_consistently(
     finalists: int,
     reprobe: int | None,
     doubling: bool,
+    count_committed: bool,
 ) -> None:
     lengths, finals, probes = pool
     n = len(lengths)
     backend = ReplayBackend(_answers_pool(lengths, finals, probes), chunk_tokens=50)
-    settings_ = ProbeClustering(at_tokens=100, unknown=unknown, reprobe_every=reprobe)
+    settings_ = ProbeClustering(
+        at_tokens=100, unknown=unknown, reprobe_every=reprobe, count_committed=count_committed
+    )
     config = PruningConfig(
         n_traces=n, finalists=finalists, split_resume="doubling" if doubling else "needed"
     )
@@ -399,3 +402,28 @@ def test_probe_runs_always_end_consistently(
     real = {f for f in finals if f != "ERR"}
     if len(real) == 1 and "ERR" not in finals:
         assert result.answer == next(iter(real))
+
+
+async def test_finalists_committed_to_the_leader_stop_once_the_vote_cannot_turn() -> None:
+    # All probe "3" at 100 tokens: after four traces the cluster is certain (4 > 0 + 3 left), the
+    # other three are stopped unclustered, and the four are the finalists. Traces 0 and 1 finish
+    # first on "7" (a lead of 2, not more than the 2 still running); 2 and 3 run on with probes
+    # naming "7" from 200 tokens on: committed, so they are stopped.
+    long_probes = ["3", "7", "7", "7", "7", "7", "7", "7", "7"]
+    pool = _answers_pool(
+        [300, 300, 1000, 1000, 1000, 1000, 1000],
+        ["7", "7", "9", "9", "9", "9", "9"],
+        [["3"], ["3"], long_probes, long_probes, ["3"], ["3"], ["3"]],
+    )
+    backend = ReplayBackend(pool, chunk_tokens=50)
+    config = PruningConfig(n_traces=7, finalists=4)
+    plain_judge = ProbeJudge(ProbeClustering(at_tokens=100, reprobe_every=None))
+    plain = await DeepPrune(backend, plain_judge, config).run(QUESTION)
+    assert plain.answer == "7"
+    assert plain.totals.latency_tokens is not None and plain.totals.latency_tokens >= 1000
+    probing = ProbeJudge(ProbeClustering(at_tokens=100, reprobe_every=100))
+    result = await DeepPrune(backend, probing, config).run(QUESTION)
+    assert result.answer == "7"
+    assert [t.status for t in result.traces][:4] == ["finished", "finished", "aborted", "aborted"]
+    assert result.totals.latency_tokens is not None and result.totals.latency_tokens <= 400
+    assert result.totals.decoded_tokens < plain.totals.decoded_tokens
