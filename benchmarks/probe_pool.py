@@ -9,7 +9,8 @@ Each configuration runs every problem of the pool once on ``ReplayBackend`` (tra
 replays recorded trace i) and prints accuracy, total decoded tokens and latency (decode steps to
 the answer, ``RunTotals.latency_tokens``), each also as a ratio to cons@N. Configurations:
 ``cons`` (self-consistency), ``probe`` (the probe judge, default settings), ``probe:<spec options>``
-(e.g. ``probe:at_tokens=2000``), ``random`` (``RandomJudge`` on a 500-token prefix), ``sc-settle``
+(e.g. ``probe:at_tokens=2000``; PruningConfig fields too), ``random[:<PruningConfig fields>]``
+(``RandomJudge`` on a 500-token prefix), ``sc-settle``
 (self-consistency with the settled-vote stop).
 """
 
@@ -46,13 +47,18 @@ def _runner(config: str, backend: ReplayBackend, n: int, seed: int) -> DeepPrune
         return SelfConsistency(backend, n, seed=seed)
     if config == "sc-settle":
         return SelfConsistency(backend, n, seed=seed, settle=VoteSettling())
-    if config == "random":
-        pruning = PruningConfig(n_traces=n, seed=seed, prefix=TokensPrefix(k=500))
-        return DeepPrune(backend, RandomJudge(seed), pruning)
+    if config.startswith("random"):
+        # random[:<PruningConfig fields>], e.g. random:split_resume=doubling
+        _, _, options = config.partition(":")
+        fields: dict[str, object] = {"n_traces": n, "seed": seed, "prefix": TokensPrefix(k=500)}
+        for item in filter(None, options.split("&")):
+            key, _, value = item.partition("=")
+            fields[key] = value
+        return DeepPrune(backend, RandomJudge(seed), PruningConfig.model_validate(fields))
     if config.startswith("probe"):
         # probe:<ProbeClustering or PruningConfig fields>, e.g. probe:at_tokens=1000&finalists=10
         _, _, options = config.partition(":")
-        fields: dict[str, object] = {}
+        fields = {}
         pruning_fields: dict[str, object] = {"n_traces": n, "seed": seed}
         for item in filter(None, options.split("&")):
             key, _, value = item.partition("=")
