@@ -124,6 +124,13 @@ def print_result(result: DeepPruneResult, truth: str | None = None) -> None:
         + f"\ntokens decoded {totals.decoded_tokens} vs ~{totals.estimated_full_tokens or 0:.0f} "
         f"for all {totals.n_traces} traces: {savings} saved"
         + f"\njudge calls {totals.judge_calls}, pairs {totals.judge_pairs}"
+        + ("" if not totals.probe_calls else f", probes {totals.probe_calls}")
+        + f"\nlatency {totals.latency_tokens} decode steps, {totals.wall_time_s:.2f} s wall"
+        + (
+            ""
+            if not totals.length_capped
+            else f"\n[red]cut by max_tokens[/red] {totals.length_capped}"
+        )
         + ("" if result.fallback is None else f"\n[red]fallback[/red] {result.fallback}")
     )
 

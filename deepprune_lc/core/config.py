@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_REASONING_WORDS",
     "EarlyStoppingConfig",
     "PrefixPolicy",
+    "ProbeClustering",
     "PruningConfig",
     "ReasoningWordsPrefix",
     "RunConfig",
@@ -120,6 +121,44 @@ class VoteSettling(_Frozen):
     min_margin: int = Field(2, ge=1, description="Votes the leader must lead the runner-up by.")
 
 
+class ProbeClustering(_Frozen):
+    """Clustering by answer probes instead of pairwise judge calls (docs/method.md, "Probes").
+
+    At ``at_tokens`` decoded tokens every trace is asked for its answer now (the backend's
+    ``AnswerProbing``); traces whose probe answers are equivalent under the run's answer rules share
+    a cluster, found with no judge call. A probe with no answer is ``unknown``: with
+    ``unknown="separate"`` it never merges (the trace founds a cluster of its own), with
+    ``"together"`` the unknowns form one cluster. ``reprobe_every`` (robust finalisation only;
+    None turns it off) probes the running finalists again every so many tokens: a finalist whose
+    last ``agree_stop`` probes all name the finished vote's leader is committed to it; the
+    settled-vote rule then counts only the uncommitted running finalists as able to overturn the
+    vote, and (``count_committed``) the committed ones as the leader's votes. Defaults and the
+    measurements behind them: docs/method.md, "Answer probes".
+    """
+
+    at_tokens: int = Field(
+        500, ge=1, description="Decoded tokens at which a trace is probed and clustered."
+    )
+    unknown: Literal["separate", "together"] = "separate"
+    reprobe_every: int | None = Field(
+        500,
+        ge=1,
+        description="Tokens between later probes of running finalists (None: never probe again).",
+    )
+    agree_stop: int = Field(
+        2,
+        ge=1,
+        description="Consecutive probes naming the leader that make a running finalist committed.",
+    )
+    count_committed: bool = Field(
+        True,
+        description=(
+            "Count committed finalists as votes for the leader (settled when lead + committed > "
+            "uncommitted running), not only as traces that cannot overturn it."
+        ),
+    )
+
+
 class RunConfig(_Frozen):
     """What every parallel-sampling method shares: how many traces, the seed, the deadline.
 
@@ -186,7 +225,23 @@ class PruningConfig(RunConfig):
             "there are parked traces)."
         ),
     )
+    split_resume: Literal["needed", "doubling"] = Field(
+        "needed",
+        description=(
+            "Robust finalisation, when the finished finalists split: resume as many traces as "
+            "could settle the vote ('needed'), or at least as many as have voted so far "
+            "('doubling': a hard question reaches its full vote in log2(N / K2) rounds, not "
+            "one round per missing vote; each round waits for a whole trace)."
+        ),
+    )
     on_judge_error: Literal["fallback", "raise"] = "fallback"
+    probe: ProbeClustering | None = Field(
+        None,
+        description=(
+            "Cluster by answer probes (no pairwise judge calls); set by the 'probe' judge when "
+            "left None. Needs a backend with AnswerProbing."
+        ),
+    )
 
 
 class SamplingConfig(_Frozen):

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
-from deepprune_lc.core.config import RunConfig, SamplingConfig
+from deepprune_lc.core.config import ProbeClustering, RunConfig, SamplingConfig
 from deepprune_lc.core.controllers import (
     AbortReason,
     AbortTrace,
@@ -31,6 +31,7 @@ from deepprune_lc.core.controllers import (
     FailRun,
     FlagUnreliable,
     ParkTrace,
+    ProbeTrace,
     ResumeTrace,
     RunDone,
     ScorePairs,
@@ -54,7 +55,7 @@ from deepprune_lc.core.events import (
     VoteCounted,
 )
 from deepprune_lc.core.monitors import PrefixComplete, Signal, TraceMonitor
-from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt, TraceRequest
+from deepprune_lc.core.ports import AnswerProbing, GenerationBackend, Judge, Prompt, TraceRequest
 from deepprune_lc.core.result import (
     DeepPruneResult,
     RunTotals,
@@ -90,6 +91,29 @@ def validate_prompt(prompt: Prompt) -> Prompt:
     return messages
 
 
+def _check_probing(backend: GenerationBackend, prompt: Prompt) -> None:
+    """Probe clustering needs a backend that answers probes, here for this prompt."""
+    if not isinstance(backend, AnswerProbing):
+        raise ValueError(
+            f"probe clustering needs a backend with AnswerProbing (probe); "
+            f"{type(backend).__name__} has none"
+        )
+    records = getattr(backend, "records_probes", None)
+    if records is None:
+        return
+    try:
+        recorded = bool(records(prompt))
+    except ValueError:
+        return  # a prompt the backend does not hold: its stream says so
+    if not recorded:
+        source = getattr(getattr(backend, "pool", None), "source", type(backend).__name__)
+        raise ValueError(
+            f"probe clustering: the trace pool {source} records no answer probes for this "
+            "prompt (a text pool); use a pool with 'probes' and 'probe_every_tokens', or a "
+            "pairwise judge"
+        )
+
+
 @dataclass(slots=True)
 class _TraceRun:
     """What the driver measures of one trace (the controller owns its status)."""
@@ -110,6 +134,10 @@ class _TraceRun:
     prefix_tokens: int | None = None
     clustered_at_s: float | None = None
     finish_reason: str | None = None
+    #: Virtual clock (decode steps) when the current incarnation started, and the trace's tokens
+    #: then: the incarnation is at step ``clock_base + len(token_ids) - tokens_at_start``.
+    clock_base: int = 0
+    tokens_at_start: int = 0
     #: The terminal event (aborted, pruned) decided but held until the trace's stream has ended,
     #: so that it carries the final token count; ``ended`` once a terminal event was sent.
     end_event: tuple[type[DeepPruneEvent], dict[str, object]] | None = None
@@ -135,6 +163,16 @@ class Driver:
         listeners: Sequence[EventListener] = (),
         policy: str | None = None,
     ) -> None:
+        settings = getattr(judge, "probe_clustering", None)
+        enable = getattr(controller, "enable_probes", None)
+        if (
+            isinstance(settings, ProbeClustering)
+            and enable is not None
+            and getattr(controller, "probe", None) is None
+        ):
+            enable(settings)  # the probe judge: cluster by probe answers, no pair calls
+        if getattr(controller, "needs_probes", False):
+            _check_probing(backend, prompt)
         if controller.needs_judge and judge is None:
             raise ValueError(f"{type(controller).__name__} needs a judge")
         if controller.n_traces != run.n_traces:
@@ -162,6 +200,15 @@ class Driver:
         self._judge_pairs = 0
         self._judge_prefill = 0
         self._judge_time = 0.0
+        self._probe_calls = 0
+        self._probe_prefill = 0
+        self._probe_decoded = 0
+        self._probe_time = 0.0
+        #: Probes due on the trace being handled, run before its next delta is read.
+        self._inline_probes: list[ProbeTrace] = []
+        #: The trace whose delta, signal or end the driver is handling (its clock is "now").
+        self._current: _TraceRun | None = None
+        self._decided_at: int | None = None
 
     # ------------------------------------------------------------------------------------------
     # Public entry point
@@ -213,6 +260,14 @@ class Driver:
                 self._start(action.trace_id, resume=False)
             elif isinstance(action, ScorePairs):
                 self._spawn(self._score(action))
+            elif isinstance(action, ProbeTrace):
+                current = self._current
+                if current is not None and current.trace_id == action.trace_id:
+                    # Asked between two of its deltas: the probe runs before the next is read,
+                    # so it sees the trace exactly where the signal was (and a park lands there).
+                    self._inline_probes.append(action)
+                else:
+                    self._spawn(self._probe(action, inline=False))
             elif isinstance(action, ClusterTrace):
                 trace = self.traces[action.trace_id]
                 trace.clustered_at_s = self._elapsed()
@@ -245,6 +300,8 @@ class Driver:
             elif isinstance(action, FailRun):
                 self._fail(JudgeError(action.reason))
             elif isinstance(action, RunDone):
+                if self._decided_at is None:
+                    self._decided_at = self._clock()
                 self._settle_pruned()
                 self._done.set()
 
@@ -365,6 +422,8 @@ class Driver:
             trace.stop_before_start = False
             return
         resume_ids = tuple(trace.token_ids) if resume else ()
+        trace.clock_base = self._clock() if trace.incarnation else 0
+        trace.tokens_at_start = len(trace.token_ids)
         trace.incarnation += 1
         trace.request_id = f"{self.run_id}-t{trace.trace_id}-{trace.incarnation}"
         trace.abort_requested = False
@@ -417,6 +476,8 @@ class Driver:
                         monitor = None
                     if signals:
                         self._on_signals(trace, signals)
+                        if self._inline_probes:
+                            await self._run_inline_probes()
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                     break
@@ -442,6 +503,13 @@ class Driver:
         self._on_stream_end(trace, finish_reason)
 
     def _on_signals(self, trace: _TraceRun, signals: Sequence[Signal]) -> None:
+        self._current = trace
+        try:
+            self._handle_signals(trace, signals)
+        finally:
+            self._current = None
+
+    def _handle_signals(self, trace: _TraceRun, signals: Sequence[Signal]) -> None:
         for signal in signals:
             if isinstance(signal, PrefixComplete):
                 trace.prefix_tokens = signal.tokens
@@ -454,13 +522,20 @@ class Driver:
             self._execute(self.controller.on_signal(trace.trace_id, signal))
 
     def _on_stream_end(self, trace: _TraceRun, finish_reason: str | None) -> None:
+        self._current = trace
+        try:
+            self._handle_stream_end(trace, finish_reason)
+        finally:
+            self._current = None
+
+    def _handle_stream_end(self, trace: _TraceRun, finish_reason: str | None) -> None:
         if finish_reason == "abort" or (finish_reason is None and trace.abort_requested):
             if not trace.abort_requested:
                 self._fail(GenerationError(f"backend aborted trace {trace.trace_id} on its own"))
             return
         trace.finish_reason = finish_reason or "stop"
         if trace.monitor is not None and trace.monitor.active:
-            self._on_signals(trace, trace.monitor.close())
+            self._handle_signals(trace, trace.monitor.close())
         actions = self.controller.on_finished(trace.trace_id, trace.text, trace.finish_reason)
         if self.controller.trace_view(trace.trace_id).status == "finished":
             trace.ended = True
@@ -473,6 +548,57 @@ class Driver:
             )
         # else: it had already been stopped (a race with its abort); its held event says so.
         self._execute(actions)
+
+    # ------------------------------------------------------------------------------------------
+    # Probes
+
+    async def _run_inline_probes(self) -> None:
+        while self._inline_probes:
+            await self._probe(self._inline_probes.pop(0), inline=True)
+
+    async def _probe(self, action: ProbeTrace, *, inline: bool) -> None:
+        """Ask the backend for the trace's answer now and tell the controller what it said."""
+        trace = self.traces[action.trace_id]
+        on_probed = getattr(self.controller, "on_probed", None)
+        on_failed = getattr(self.controller, "on_probe_failed", None)
+        if on_probed is None or on_failed is None:
+            raise TypeError(f"{type(self.controller).__name__} asked for a probe it cannot take")
+        request_id = trace.request_id
+        if request_id is None or not trace.stream_open or trace.abort_requested:
+            # It stopped before the probe ran: nothing to ask, its answer is unknown.
+            self._execute_for(trace, on_probed(trace.trace_id, unknown=True), inline)
+            return
+        backend = self.backend
+        assert isinstance(backend, AnswerProbing)
+        started = time.perf_counter()
+        try:
+            reply = await backend.probe(request_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._probe_calls += 1
+            self._probe_time += time.perf_counter() - started
+            self._execute_for(trace, on_failed(trace.trace_id, repr(exc)), inline)
+            return
+        self._probe_calls += 1
+        self._probe_prefill += int(reply.prefill_tokens)
+        self._probe_decoded += int(reply.decoded_tokens)
+        self._probe_time += time.perf_counter() - started
+        actions = on_probed(
+            trace.trace_id, text=reply.text, answer=reply.answer, unknown=reply.unknown
+        )
+        self._execute_for(trace, actions, inline)
+
+    def _execute_for(self, trace: _TraceRun, actions: list[Action], inline: bool) -> None:
+        """Execute with ``trace`` as "now" when it runs between that trace's deltas."""
+        if not inline:
+            self._execute(actions)
+            return
+        self._current = trace
+        try:
+            self._execute(actions)
+        finally:
+            self._current = None
 
     # ------------------------------------------------------------------------------------------
     # Judge
@@ -550,6 +676,24 @@ class Driver:
     # ------------------------------------------------------------------------------------------
     # Events and results
 
+    def _clock(self) -> int:
+        """Decode steps so far (docs/method.md, "Latency").
+
+        The trace being handled defines "now" (its own position; in lockstep every running trace
+        is there too, give or take one delta); otherwise the furthest incarnation's position.
+        """
+        current = self._current
+        if current is not None:
+            return current.clock_base + len(current.token_ids) - current.tokens_at_start
+        return max(
+            (
+                t.clock_base + len(t.token_ids) - t.tokens_at_start
+                for t in self.traces
+                if t.incarnation
+            ),
+            default=0,
+        )
+
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
@@ -617,6 +761,16 @@ class Driver:
                 )
             )
         decoded = sum(len(t.token_ids) for t in self.traces)
+        capped = sum(1 for t in self.traces if t.finish_reason == "length")
+        if capped:
+            _log.warning(
+                "run %s: %d of %d traces ended on the token budget (max_tokens=%d) and were cut "
+                "short; their answers may be missing",
+                self.run_id,
+                capped,
+                controller.n_traces,
+                self.sampling.max_tokens,
+            )
         estimated = (
             controller.n_traces * sum(finished_lengths) / len(finished_lengths)
             if finished_lengths
@@ -637,7 +791,13 @@ class Driver:
             judge_pairs=self._judge_pairs,
             judge_prefill_tokens=self._judge_prefill,
             judge_time_s=self._judge_time,
+            probe_calls=self._probe_calls,
+            probe_prefill_tokens=self._probe_prefill,
+            probe_decoded_tokens=self._probe_decoded,
+            probe_time_s=self._probe_time,
             wall_time_s=self._elapsed(),
+            latency_tokens=self._decided_at if self._decided_at is not None else self._clock(),
+            length_capped=capped,
         )
         winner = outcome.winning_trace if outcome else None
         fallback = outcome.fallback if outcome else None
