@@ -138,6 +138,8 @@ class _TraceRun:
     #: then: the incarnation is at step ``clock_base + len(token_ids) - tokens_at_start``.
     clock_base: int = 0
     tokens_at_start: int = 0
+    #: The clock when the controller started (or resumed) the trace: its incarnation begins there.
+    started_at: int = 0
     #: The terminal event (aborted, pruned) decided but held until the trace's stream has ended,
     #: so that it carries the final token count; ``ended`` once a terminal event was sent.
     end_event: tuple[type[DeepPruneEvent], dict[str, object]] | None = None
@@ -355,6 +357,9 @@ class Driver:
             trace.monitor_chosen = True
         previous = trace.task
         trace.stop_before_start = False
+        # Read when the decision is taken: a trace started after others ended (an ESC window, a
+        # resume) begins at that step, while the first wave all begins at step 0.
+        trace.started_at = self._clock()
         trace.task = asyncio.get_running_loop().create_task(
             self._guarded(
                 self._run_trace(
@@ -422,7 +427,7 @@ class Driver:
             trace.stop_before_start = False
             return
         resume_ids = tuple(trace.token_ids) if resume else ()
-        trace.clock_base = self._clock() if trace.incarnation else 0
+        trace.clock_base = trace.started_at
         trace.tokens_at_start = len(trace.token_ids)
         trace.incarnation += 1
         trace.request_id = f"{self.run_id}-t{trace.trace_id}-{trace.incarnation}"
