@@ -228,7 +228,8 @@ class ReplayBackend:
         start = _check_resume(tokens.ids, request.resume_token_ids, problem.id, index)
 
         total = len(tokens.ids)
-        end = min(total, request.sampling.max_tokens)
+        budget = request.sampling.max_tokens
+        end = total if budget is None else min(total, budget)
         reason: FinishReason = "stop" if end == total else "length"
         pieces: Sequence[str] = tokens.pieces
         held = ""

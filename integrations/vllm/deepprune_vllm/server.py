@@ -434,7 +434,8 @@ class VLLMServerBackend:
             self._open[request.request_id] = state
         ended = False
         try:
-            if len(request.resume_token_ids) >= request.sampling.max_tokens:
+            budget = request.sampling.max_tokens
+            if budget is not None and len(request.resume_token_ids) >= budget:
                 yield TraceDelta((), "", "length")  # resumed at (or past) its token budget
                 return
             state.pump = loop.create_task(self._pump(request, state))
@@ -618,7 +619,9 @@ class VLLMServerBackend:
     ) -> dict[str, Any] | None:
         """The request body, or None when the trace has no room left to decode."""
         sent = len(prompt_ids) + len(kept)
-        remaining = request.sampling.max_tokens - len(kept)
+        budget = request.sampling.max_tokens
+        # None: as far as the context allows; the server decodes to its end when it is unknown.
+        remaining = None if budget is None else budget - len(kept)
         if endpoint.max_model_len is not None:
             if len(prompt_ids) >= endpoint.max_model_len:
                 raise ValueError(
@@ -627,8 +630,9 @@ class VLLMServerBackend:
                 )
             # As in-process: a trace stops at the end of the context window ("length") rather
             # than failing (the server would reject max_tokens past it with a 400).
-            remaining = min(remaining, endpoint.max_model_len - sent)
-        if remaining <= 0:
+            room = endpoint.max_model_len - sent
+            remaining = room if remaining is None else min(remaining, room)
+        if remaining is not None and remaining <= 0:
             return None
         with self._lock:
             self._sent += 1
