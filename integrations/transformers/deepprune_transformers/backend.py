@@ -52,8 +52,7 @@ from deepprune_lc.backends import (
     think_block_open,
     think_tokens,
 )
-from deepprune_lc.core import BackendError, Prompt, TraceDelta, TraceRequest
-from deepprune_lc.core.ports import ProbeReply
+from deepprune_lc.core import BackendError, ProbeReply, Prompt, TraceDelta, TraceRequest
 from deepprune_transformers.models import (
     default_cache_dir,
     limit_cpu_threads,

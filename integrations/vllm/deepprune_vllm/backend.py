@@ -52,8 +52,14 @@ from deepprune_lc.backends import (
     think_block_open,
     think_tokens,
 )
-from deepprune_lc.core import BackendError, FinishReason, Prompt, TraceDelta, TraceRequest
-from deepprune_lc.core.ports import ProbeReply
+from deepprune_lc.core import (
+    BackendError,
+    FinishReason,
+    ProbeReply,
+    Prompt,
+    TraceDelta,
+    TraceRequest,
+)
 from deepprune_vllm.engine import (
     SharedEngine,
     engine_failures,
