@@ -166,6 +166,7 @@ class TransformersBackend:
         #: What the answer probes cost so far (``probe``).
         self.probe_stats = ProbeStats()
         self._think: tuple[tuple[int, int] | None] | None = None
+        self._context: int | None = None
 
     # ------------------------------------------------------------------ protocol
 
@@ -226,7 +227,7 @@ class TransformersBackend:
         ids = [*context, *tokenizer.encode(text_suffix, add_special_tokens=False)]
         engine = self._engine
         assert engine is not None  # a row exists, so the model is loaded
-        room = self._context_of(engine) - len(ids)
+        room = self._room() - len(ids)
         if room <= 0:
             return ProbeReply("", len(held), unknown=True)  # no room left in the context
         loop = asyncio.get_running_loop()
@@ -247,15 +248,11 @@ class TransformersBackend:
     def context_length(self) -> int | None:
         """Tokens a sequence (prompt + trace) may hold: the model's ``max_position_embeddings``
         once it is loaded (None before, or for a model that does not say)."""
-        engine = self._engine
-        if engine is None:
-            return None
-        value = getattr(engine.model.config, "max_position_embeddings", None)
-        return int(value) if isinstance(value, int) and value > 0 else None
+        return self._context
 
-    def _context_of(self, engine: BatchEngine) -> int:
-        value = getattr(engine.model.config, "max_position_embeddings", None)
-        return int(value) if isinstance(value, int) and value > 0 else 1 << 62
+    def _room(self) -> int:
+        """The context length, or no limit for a model that does not say."""
+        return self._context if self._context is not None else 1 << 62
 
     def prompt_token_ids(self, prompt: Prompt, *, cache: bool = True) -> list[int]:
         """``PromptTokenIds``: the ids the engine prefills (``deepprune_lc.backends.rendering``).
@@ -400,6 +397,8 @@ class TransformersBackend:
                 tokenizer=self._tokenizer,
             )
             model.to(device)
+            positions = getattr(model.config, "max_position_embeddings", None)
+            self._context = positions if isinstance(positions, int) and positions > 0 else None
             tokenizer = self._tokenizer
             self._engine = BatchEngine(
                 model,
@@ -423,13 +422,12 @@ class TransformersBackend:
 
         sampling = request.sampling
         prompt_ids = self._renderer.ids(request.prompt)
-        assert self._engine is not None
         # The trace stops at the end of the model's context ("length") whatever its budget.
-        room = self._context_of(self._engine) - len(prompt_ids)
+        room = self._room() - len(prompt_ids)
         if room <= 0:
             raise ValueError(
                 f"prompt: {len(prompt_ids)} tokens do not fit the model's context "
-                f"({self._context_of(self._engine)} positions)"
+                f"({self._room()} positions)"
             )
         budget = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
         return EngineRow(
