@@ -114,20 +114,30 @@ async def test_the_default_probe_and_its_budget(eos_free: VLLMBackend) -> None:
 
 
 async def test_a_cancelled_probe_leaves_nothing_in_the_engine(eos_free: VLLMBackend) -> None:
-    req = _request(max_tokens=60)
+    """A probe cancelled while vLLM runs it is aborted; the trace goes on untouched."""
+    req = _request(max_tokens=120)
     out = Collected()
+    cancelled = False
     async for delta in eos_free.stream(req):
         out.ids.extend(delta.token_ids)
         if delta.finish_reason is not None:
             out.finish_reason = delta.finish_reason
             break
-        if len(out.ids) == 5:
-            task = asyncio.ensure_future(eos_free.probe(req.request_id, max_tokens=20))
-            await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-    assert out.finish_reason == "length" and len(out.ids) == 60
+        if cancelled or len(out.ids) < 5:
+            continue
+        task = asyncio.ensure_future(
+            eos_free.probe(req.request_id, suffix=" and so", max_tokens=64)
+        )
+        while not task.done() and not any("-probe-" in r for r in eos_free.live_requests()):
+            await asyncio.sleep(0)
+        if task.done():
+            continue  # answered before it could be caught running: try again on the next delta
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cancelled = True
+    assert cancelled
+    assert out.finish_reason == "length" and len(out.ids) == 120
     await settle(eos_free)
 
 
