@@ -250,7 +250,16 @@ class SamplingConfig(_Frozen):
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1, description="-1 disables top-k.")
-    max_tokens: int = Field(2048, ge=1)
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Tokens per trace at most, resumed tokens included. None: as far as the backend's "
+            "context allows (an engine stops the trace at its context length, with finish reason "
+            "'length'); a reasoning trace runs 3k-40k tokens, and a smaller cap cuts it before "
+            "its answer."
+        ),
+    )
     stop: tuple[str, ...] = ()
 
     @model_validator(mode="after")

@@ -7,7 +7,11 @@ exactly the tokens produced (up to a declared engine slack); a resumed trace con
 and its resumed tokens count toward ``max_tokens``; a stream closed or cancelled early leaves no
 request behind; many streams run at once without disturbing each other; stop strings end the text
 right before the stop string, as vLLM and OpenAI do (``deepprune_lc.backends.stops`` says what the
-ids of the final delta hold), also for a trace parked and resumed. Written once here, in the
+ids of the final delta hold), also for a trace parked and resumed. A backend that answers probes
+(``AnswerProbing``) is also held to that contract: a probe of a running trace reports what it saw
+and cost, and the trace then completes token-exact with the same trace left unprobed; an unknown
+id raises ``KeyError``; nothing is left live (the probe tests are skipped, with the reason, for a
+backend that does not probe). Written once here, in the
 style of langchain-tests' ``ChatModelIntegrationTests``, a backend's test module inherits it::
 
     from deepprune_lc.testing import BackendConformanceTests
@@ -44,7 +48,14 @@ from typing import cast
 import pytest
 
 from deepprune_lc.core.config import SamplingConfig
-from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
+from deepprune_lc.core.ports import (
+    AnswerProbing,
+    GenerationBackend,
+    ProbeReply,
+    Prompt,
+    TraceDelta,
+    TraceRequest,
+)
 
 __all__ = ["FINISH_REASONS", "BackendConformanceTests", "StopPick", "StreamRecord"]
 
@@ -259,6 +270,18 @@ class BackendConformanceTests:
         another process may take a moment to forget a request.
         """
         return 0.0
+
+    @property
+    def probe_sees_every_token(self) -> bool:
+        """Whether a probe sees at least the tokens its trace's stream had delivered when it was
+        asked (an engine probes the ids it holds; a replay of probes recorded at fixed offsets
+        answers from the latest offset reached, which may lie before them)."""
+        return True
+
+    @property
+    def probe_max_tokens(self) -> int:
+        """``max_tokens`` of the suite's probes."""
+        return 8
 
     def live_requests(self, backend: GenerationBackend) -> set[str] | None:
         """The ids the backend still holds, read from its own state; None when it cannot tell.
@@ -614,6 +637,94 @@ class BackendConformanceTests:
             assert k <= len(record.ids) <= k + self.abort_slack_tokens
         for record in records[2:]:
             assert (len(record.ids), record.finish_reason) == (length, "length")
+        await self.assert_nothing_live(backend)
+
+    # ------------------------------------------------------------------ answer probes
+
+    def probing(self, backend: GenerationBackend) -> AnswerProbing:
+        """The backend as an ``AnswerProbing``; the test is skipped when it is not one."""
+        if not isinstance(backend, AnswerProbing):
+            pytest.skip(f"{type(backend).__name__} does not answer probes (no AnswerProbing)")
+        return backend
+
+    def check_probe_reply(
+        self, reply: ProbeReply, *, delivered: int, total: int, max_tokens: int
+    ) -> None:
+        """What any probe reply must hold, whatever the model says (a tiny model says noise)."""
+        assert isinstance(reply, ProbeReply), type(reply).__name__
+        assert isinstance(reply.text, str)
+        assert reply.answer is None or isinstance(reply.answer, str)
+        low = delivered if self.probe_sees_every_token else 0
+        assert low <= reply.at_tokens <= total, (delivered, reply.at_tokens, total)
+        assert 0 <= reply.decoded_tokens <= max_tokens, reply.decoded_tokens
+        assert reply.prefill_tokens >= 0 and reply.seconds >= 0.0
+        if reply.prefill_tokens:  # a model ran: it read the prompt, the trace and the suffix
+            assert reply.prefill_tokens > reply.at_tokens, (reply.prefill_tokens, reply.at_tokens)
+
+    @pytest.mark.parametrize("mode", ["greedy", "sampled"])
+    async def test_a_probed_trace_completes_token_exact(
+        self, backend: GenerationBackend, mode: str
+    ) -> None:
+        """Probed twice mid-stream, a trace produces exactly the ids of the same trace unprobed."""
+        probing = self.probing(backend)
+        greedy, total, budget = mode == "greedy", self.resume_total_tokens, self.probe_max_tokens
+        reference = await self.consume(
+            backend, self.make_request(max_tokens=total, greedy=greedy, seed=13)
+        )
+        assert reference.finish_reason == "length" and len(reference.ids) == total
+        request = self.make_request(max_tokens=total, greedy=greedy, seed=13)
+        record = StreamRecord(request.request_id)
+        points = (2, total // 2)
+        replies: list[ProbeReply] = []
+        async with contextlib.aclosing(_generator(backend.stream(request))) as stream:
+            async for delta in stream:
+                record.add(delta)
+                due = len(replies) < len(points) and len(record.ids) >= points[len(replies)]
+                if record.finish_reason is None and due:
+                    delivered = len(record.ids)
+                    reply = await asyncio.wait_for(
+                        probing.probe(request.request_id, max_tokens=budget), _WAIT_S
+                    )
+                    self.check_probe_reply(
+                        reply, delivered=delivered, total=total, max_tokens=budget
+                    )
+                    replies.append(reply)
+        record.check_finished()
+        assert len(replies) == len(points)
+        assert replies[0].at_tokens <= replies[1].at_tokens
+        # The probes left the trace alone: the same ids, text and end as never probed.
+        assert record.ids == reference.ids
+        assert record.text == reference.text
+        assert record.finish_reason == reference.finish_reason
+        self.assert_gone_now(backend, request.request_id)
+        await self.assert_nothing_live(backend)
+
+    async def test_a_probe_with_its_own_suffix_and_budget(self, backend: GenerationBackend) -> None:
+        probing = self.probing(backend)
+        total = self.resume_total_tokens
+        request = self.make_request(max_tokens=total, greedy=True)
+        record = StreamRecord(request.request_id)
+        reply: ProbeReply | None = None
+        async with contextlib.aclosing(_generator(backend.stream(request))) as stream:
+            async for delta in stream:
+                record.add(delta)
+                if reply is None and record.finish_reason is None and len(record.ids) >= 3:
+                    reply = await asyncio.wait_for(
+                        probing.probe(request.request_id, suffix=" The answer is", max_tokens=1),
+                        _WAIT_S,
+                    )
+        record.check_finished()
+        assert reply is not None
+        self.check_probe_reply(reply, delivered=3, total=total, max_tokens=1)
+        assert record.finish_reason == "length" and len(record.ids) == total
+        await self.assert_nothing_live(backend)
+
+    async def test_probing_an_unknown_request_raises_key_error(
+        self, backend: GenerationBackend
+    ) -> None:
+        probing = self.probing(backend)
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(probing.probe(f"never-started-{uuid.uuid4().hex}"), _WAIT_S)
         await self.assert_nothing_live(backend)
 
     # ------------------------------------------------------------------ stop strings
