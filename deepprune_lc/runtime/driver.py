@@ -436,6 +436,7 @@ class Driver:
         while not self._done.is_set():
             await asyncio.sleep(interval)
             now = time.perf_counter()
+            stalled: list[tuple[_TraceRun, asyncio.Task[None], float]] = []
             for trace in self.traces:
                 if not trace.stream_open or trace.task is None or trace.task.done():
                     seen.pop(trace.trace_id, None)
@@ -444,15 +445,20 @@ class Driver:
                 if last is None or last[:2] != (trace.incarnation, len(trace.chunks)):
                     seen[trace.trace_id] = (trace.incarnation, len(trace.chunks), now)
                 elif now - last[2] >= timeout:
-                    self._fail(
-                        GenerationError(
-                            f"trace {trace.trace_id} stalled: its stream delivered nothing for "
-                            f"{now - last[2]:.1f} s (idle_timeout_s={timeout}) after "
-                            f"{len(trace.token_ids)} tokens"
-                        )
+                    stalled.append((trace, trace.task, now - last[2]))
+            if stalled:
+                trace, _, idle = stalled[0]
+                others = f" (and trace(s) {', '.join(str(t.trace_id) for t, _, _ in stalled[1:])})"
+                self._fail(
+                    GenerationError(
+                        f"trace {trace.trace_id} stalled: its stream delivered nothing for "
+                        f"{idle:.1f} s (idle_timeout_s={timeout}) after {len(trace.token_ids)} "
+                        f"tokens{others if len(stalled) > 1 else ''}"
                     )
-                    trace.task.cancel()  # it will not answer an abort either
-                    return
+                )
+                for _, task, _ in stalled:
+                    task.cancel()  # a stalled stream will not answer an abort either
+                return
 
     # ------------------------------------------------------------------------------------------
     # Streams
@@ -678,9 +684,14 @@ class Driver:
         shutdown.result()
 
     def _abort_grace(self) -> float:
-        if self.deadline_s is None:
-            return ABORT_GRACE_S
-        return min(ABORT_GRACE_S, max(ABORT_GRACE_MIN_S, ABORT_GRACE_SHARE * self.deadline_s))
+        """How long shutdown waits for aborted streams: a share of the deadline, never longer
+        than the idle timeout (a stream silent that long has stalled anyway) or ``ABORT_GRACE_S``."""
+        grace = ABORT_GRACE_S
+        if self.deadline_s is not None:
+            grace = min(grace, max(ABORT_GRACE_MIN_S, ABORT_GRACE_SHARE * self.deadline_s))
+        if self.idle_timeout_s is not None:
+            grace = min(grace, self.idle_timeout_s)
+        return grace
 
     def _open_requests(self) -> set[str]:
         return {t.request_id for t in self.traces if t.stream_open and t.request_id is not None}
