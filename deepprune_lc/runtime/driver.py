@@ -400,6 +400,9 @@ class Driver:
         task = asyncio.get_running_loop().create_task(self._guarded(coro))
         self._aux_tasks.add(task)
         task.add_done_callback(self._aux_tasks.discard)
+        # A task cancelled before its first step never awaits ``coro``: close it, so it is not
+        # reported as "never awaited" (a no-op for one that ran).
+        task.add_done_callback(lambda _: coro.close())
         return task
 
     async def _guarded(self, coro: Coroutine[object, object, None]) -> None:
