@@ -89,7 +89,7 @@ def test_the_chat_model_rejects_an_absurd_max_tokens_naming_it() -> None:
 
 
 def test_the_chat_model_rejects_a_nan_timeout_naming_it() -> None:
-    with pytest.raises(ValueError, match="timeout|deadline_s"):
+    with pytest.raises(ValueError, match=r"timeout|deadline_s"):
         DeepPruneReasoner(backend="replay:demo", timeout=math.nan)
 
 
