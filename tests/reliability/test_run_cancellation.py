@@ -118,6 +118,9 @@ async def test_a_cancelled_astream_leaves_no_task_even_when_repeated() -> None:
     model = DeepPruneReasoner(
         backend=backend, judge=LexicalJudge(), pruning=CONFIG, answers="exact"
     )
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
     for turns in range(0, 60, 5):
         consumer = asyncio.ensure_future(_drain(model))
         for _ in range(turns):
@@ -127,6 +130,8 @@ async def test_a_cancelled_astream_leaves_no_task_even_when_repeated() -> None:
             await consumer
         assert await leftover_tasks() == set()
         assert backend.live_requests() == set()
+        assert reported == [], f"after {turns} turns: {reported}"
+    loop.set_exception_handler(None)
 
 
 async def _drain(model: DeepPruneReasoner) -> list[Any]:
