@@ -607,8 +607,12 @@ class Driver:
         name = type(self.judge).__name__
         started = time.perf_counter()
         self._judge_inflight[action.request_id] = (started, len(action.pairs))
-        call = asyncio.ensure_future(self.judge.score(action.pairs))
+        pending: asyncio.Future[JudgeScores] | None = None
         try:
+            try:  # a score() that raises at once, or is not async, fails like any judge error
+                call = pending = asyncio.ensure_future(self.judge.score(action.pairs))
+            except Exception as exc:
+                raise _JudgeFault(f"judge {name} raised {exc!r}") from exc
             done, _ = await asyncio.wait({call}, timeout=self.judge_timeout_s)
             if not done:
                 await _cancel_briefly(call)
@@ -624,7 +628,8 @@ class Driver:
                 raise _JudgeFault(f"judge {name} raised {exc!r}") from exc
             probabilities, prefill = _read_scores(raw, len(action.pairs), name)
         except asyncio.CancelledError:
-            await _cancel_briefly(call)
+            if pending is not None:
+                await _cancel_briefly(pending)
             raise
         except _JudgeFault as fault:
             self._judge_calls += 1

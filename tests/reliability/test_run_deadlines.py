@@ -41,6 +41,9 @@ async def test_a_stalled_stream_ends_the_run_without_a_deadline() -> None:
     runner = SelfConsistency(backend, 8, answers="exact", idle_timeout_s=0.3)
     with pytest.raises(GenerationError, match=r"trace 3 stalled") as caught:
         await asyncio.wait_for(runner.run(QUESTION), timeout=60)
+    assert caught.value.partial_result is not None
+    wall = caught.value.partial_result.totals.wall_time_s
+    print(f"\nno deadline, idle_timeout_s=0.3, one stalled stream: ends after {wall:.2f} s")
     assert "idle_timeout_s=0.3" in str(caught.value)
     partial = caught.value.partial_result
     assert partial is not None
@@ -72,6 +75,7 @@ async def test_a_deadline_ends_promptly_when_streams_ignore_their_abort() -> Non
     assert result.fallback == "deadline"
     assert result.answer == "7"  # the six that finished voted: 7 (even) four times, 12 twice
     # The grace is a share of the deadline (0.25 s here), not a fixed 10 s.
+    print(f"\ndeadline 0.5 s, two streams ignore their abort: {result.totals.wall_time_s:.2f} s")
     assert result.totals.wall_time_s < 4.0
     assert backend.live_requests() == set()
     assert await leftover_tasks() == set()
@@ -88,6 +92,7 @@ async def test_an_abort_that_never_returns_still_lets_the_run_end_and_is_named(
     assert result.error is not None
     assert "did not confirm aborting" in result.error and "-t2-1" in result.error
     assert "may still run" in result.error and "may still run" in caplog.text
+    print(f"\ndeadline 0.5 s, an abort that never returns: {result.totals.wall_time_s:.2f} s")
     assert result.totals.wall_time_s < 4.0
     assert await leftover_tasks() == set()
 

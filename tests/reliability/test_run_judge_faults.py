@@ -50,6 +50,37 @@ FAULTS: dict[str, tuple[Callable[[Sequence[PrefixPair]], Any], str]] = {
 }
 
 
+class SyncJudge:
+    """A judge whose ``score`` is not async at all (a common mistake in a hand-written judge)."""
+
+    def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        return JudgeScores([0.5] * len(pairs))
+
+
+class RaisesAtOnce:
+    """A judge whose ``score`` raises before returning an awaitable."""
+
+    def score(self, pairs: Sequence[PrefixPair]) -> Any:
+        raise ConnectionError("judge server refused the request")
+
+
+@pytest.mark.parametrize(
+    ("judge", "expected"),
+    [
+        (SyncJudge(), "judge SyncJudge raised TypeError"),
+        (RaisesAtOnce(), "judge RaisesAtOnce raised ConnectionError"),
+    ],
+    ids=["not_async", "raises_at_once"],
+)
+async def test_a_judge_whose_score_call_itself_fails_falls_back(judge: Any, expected: str) -> None:
+    backend = synthetic_backend()
+    runner = DeepPrune(backend, judge, _config(), answers="exact")
+    result = await asyncio.wait_for(runner.run(QUESTION), timeout=60)
+    assert result.fallback == "judge_error"
+    assert result.error is not None and expected in result.error
+    assert backend.live_requests() == set()
+
+
 def _config(**overrides: Any) -> PruningConfig:
     base: dict[str, Any] = {"n_traces": 8, "prefix": TokensPrefix(k=16), "finalists": 2}
     return PruningConfig(**(base | overrides))
@@ -118,6 +149,7 @@ async def test_a_deadline_that_meets_a_hung_judge_names_it_and_ends_promptly() -
     assert result.error is not None and "judge HungJudge" in result.error
     assert "without answering" in result.error
     # Before, shutdown waited a fixed 10 s for the hung judge call; now the call is cancelled.
+    print(f"\ndeadline 0.5 s, hung judge: {result.totals.wall_time_s:.2f} s")
     assert result.totals.wall_time_s < 5.0
     assert backend.live_requests() == set()
 
