@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import math
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -607,30 +608,20 @@ class Driver:
         name = type(self.judge).__name__
         started = time.perf_counter()
         self._judge_inflight[action.request_id] = (started, len(action.pairs))
-        pending: asyncio.Future[JudgeScores] | None = None
         try:
-            try:  # a score() that raises at once, or is not async, fails like any judge error
-                call = pending = asyncio.ensure_future(self.judge.score(action.pairs))
+            try:  # a score() that raises at once fails like any judge error
+                answer = self.judge.score(action.pairs)
             except Exception as exc:
                 raise _JudgeFault(f"judge {name} raised {exc!r}") from exc
-            done, _ = await asyncio.wait({call}, timeout=self.judge_timeout_s)
-            if not done:
-                await _cancel_briefly(call)
+            raw, expired = await _bounded(answer, self.judge_timeout_s)
+            if expired:
                 raise _JudgeFault(
                     f"judge {name} did not answer within {self.judge_timeout_s} s "
                     f"(judge_timeout_s) for {len(action.pairs)} pair(s)"
                 )
-            try:
-                raw = call.result()
-            except asyncio.CancelledError:
-                raise _JudgeFault(f"judge {name} was cancelled") from None
-            except Exception as exc:
-                raise _JudgeFault(f"judge {name} raised {exc!r}") from exc
+            if isinstance(raw, Exception):
+                raise _JudgeFault(f"judge {name} raised {raw!r}") from raw
             probabilities, prefill = _read_scores(raw, len(action.pairs), name)
-        except asyncio.CancelledError:
-            if pending is not None:
-                await _cancel_briefly(pending)
-            raise
         except _JudgeFault as fault:
             self._judge_calls += 1
             self._judge_time += time.perf_counter() - started
@@ -875,11 +866,32 @@ class Driver:
         )
 
 
-async def _cancel_briefly(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and give it a moment to end, so it is not left pending (never unbounded)."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait({task}, timeout=ABORT_GRACE_MIN_S)
+async def _bounded(awaitable: Any, timeout: float | None) -> tuple[object, bool]:
+    """Await ``awaitable`` for at most ``timeout`` seconds: ``(its result or exception, expired)``.
+
+    Awaited in the calling task (``asyncio.timeout``), not in a task of its own: a new task would
+    add event-loop turns between a judge request and its verdict, and on replay, where time is
+    loop turns, that would change which traces get pruned. An exception the awaitable raises is
+    returned, not raised (a ``TimeoutError`` of its own included), so the caller can tell it from
+    the timeout expiring; cancellation of the caller propagates.
+    """
+    if sys.version_info < (3, 11):  # pragma: no cover - no asyncio.timeout before 3.11
+        try:
+            return await asyncio.wait_for(awaitable, timeout), False
+        except asyncio.TimeoutError:
+            return None, True
+        except Exception as exc:
+            return exc, False
+    timer = asyncio.timeout(timeout)
+    try:
+        async with timer:
+            return await awaitable, False
+    except TimeoutError as exc:
+        if timer.expired():
+            return None, True
+        return exc, False
+    except Exception as exc:
+        return exc, False
 
 
 class _JudgeFault(Exception):
