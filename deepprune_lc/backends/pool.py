@@ -26,6 +26,13 @@ field is kept, untouched, in ``extra`` and written back by ``write_jsonl``, so a
 load/save round trip. Blank lines are skipped. A malformed line raises ``TracePoolError`` naming the
 file, the 1-based line number and the problem (``pool.jsonl:3: traces: Field required``) - a pool is
 hand-edited data, and "validation error somewhere" is useless for fixing it.
+
+Limits, so that a damaged or hostile file fails fast instead of stalling the process: a line longer
+than ``MAX_LINE_BYTES`` (256 MiB) is refused before it is read whole, a trace text longer than
+``MAX_TRACE_CHARS`` (1 Mi characters, about 250k tokens: more than any model's context) is refused
+(the replay backend tokenises a trace's whole text on the event loop when it first streams it), and
+JSON nested too deeply for the parser and bytes that are not UTF-8 are reported with the file and
+line like any other malformed line. ``load_trace_pool`` takes both limits as arguments.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from pydantic import (
 )
 
 __all__ = [
+    "MAX_LINE_BYTES",
+    "MAX_TRACE_CHARS",
     "NO_ANSWER",
     "PoolProblem",
     "PoolTrace",
@@ -55,6 +64,11 @@ __all__ = [
     "TracePoolError",
     "load_trace_pool",
 ]
+
+#: Longest pool line read (bytes); a longer one is refused before it is read whole.
+MAX_LINE_BYTES = 256 * 2**20
+#: Longest trace text accepted (characters): about 250k tokens, beyond any model's context.
+MAX_TRACE_CHARS = 2**20
 
 
 class TracePoolError(ValueError):
@@ -290,20 +304,42 @@ def _describe(error: ValidationError) -> str:
     return f"{loc}: {message}" if loc else message
 
 
-def load_trace_pool(path: str | os.PathLike[str]) -> TracePool:
-    """Read a trace pool JSONL file; ``TracePoolError`` names the file and line of any bad line."""
+def load_trace_pool(
+    path: str | os.PathLike[str],
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_trace_chars: int = MAX_TRACE_CHARS,
+) -> TracePool:
+    """Read a trace pool JSONL file; ``TracePoolError`` names the file and line of any bad line.
+
+    Lines over ``max_line_bytes`` and trace texts over ``max_trace_chars`` are refused (see the
+    module docstring for why).
+    """
     file_path = Path(path)
     name = str(path)
     problems: list[PoolProblem] = []
     first_line: dict[str, int] = {}
-    with file_path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with file_path.open("rb") as fh:
+        for lineno, raw in enumerate(iter(lambda: fh.readline(max_line_bytes + 1), b""), start=1):
+            if len(raw) > max_line_bytes:
+                raise TracePoolError(
+                    f"{name}:{lineno}: line longer than {max_line_bytes} bytes (max_line_bytes)"
+                )
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TracePoolError(
+                    f"{name}:{lineno}: not UTF-8: byte {exc.object[exc.start]:#04x} at column "
+                    f"{exc.start + 1}"
+                ) from exc
             if not line.strip():
                 continue
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TracePoolError(f"{name}:{lineno}: invalid JSON: {exc.msg}") from exc
+            except RecursionError as exc:
+                raise TracePoolError(f"{name}:{lineno}: invalid JSON: nested too deeply") from exc
             if not isinstance(data, dict):
                 kind = type(data).__name__
                 raise TracePoolError(f"{name}:{lineno}: expected a JSON object, got {kind}")
@@ -311,6 +347,14 @@ def load_trace_pool(path: str | os.PathLike[str]) -> TracePool:
                 problem = PoolProblem.model_validate(data)
             except ValidationError as exc:
                 raise TracePoolError(f"{name}:{lineno}: {_describe(exc)}") from exc
+            except RecursionError as exc:  # a nested extra field, deep enough to pass json
+                raise TracePoolError(f"{name}:{lineno}: a field is nested too deeply") from exc
+            for index, trace in enumerate(problem.traces):
+                if len(trace.text) > max_trace_chars:
+                    raise TracePoolError(
+                        f"{name}:{lineno}: traces.{index}.text: {len(trace.text)} characters, "
+                        f"over the limit of {max_trace_chars} (max_trace_chars)"
+                    )
             if problem.id in first_line:
                 raise TracePoolError(
                     f"{name}:{lineno}: id: duplicate problem id {problem.id!r} "

@@ -17,7 +17,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_JUDGE_TIMEOUT_S",
     "DEFAULT_REASONING_WORDS",
+    "MAX_TOKENS_LIMIT",
     "EarlyStoppingConfig",
     "PrefixPolicy",
     "ProbeClustering",
@@ -74,8 +77,22 @@ DEFAULT_REASONING_WORDS: tuple[str, ...] = (
 )
 
 
+#: Default ``idle_timeout_s``: a trace that delivers nothing for this long has stalled. Generous, so
+#: that a queued request on a busy engine is never mistaken for a stalled one; ``None`` disables it.
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+#: Default ``judge_timeout_s``: one judge call (at most ``max_judge_batch`` traces' pairs) that takes
+#: longer has hung. Generous for a model judge on a CPU; ``None`` disables it.
+DEFAULT_JUDGE_TIMEOUT_S = 300.0
+#: Largest ``max_tokens`` accepted: engines keep token counts in 32-bit integers (a larger value
+#: overflows vLLM's request serialiser), and no model has a context this long anyway.
+MAX_TOKENS_LIMIT = 2**31 - 1
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: NaN passes no comparison, so ``gt``/``lt`` bounds would report it as
+    # out of range ("Input should be less than 1"); inf would be an endless budget. Both are
+    # rejected as "Input should be a finite number", naming the field and the value.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ReasoningWordsPrefix(_Frozen):
@@ -176,6 +193,15 @@ class RunConfig(_Frozen):
             "the finished ones vote; the result is flagged with fallback='deadline'."
         ),
     )
+    idle_timeout_s: float | None = Field(
+        DEFAULT_IDLE_TIMEOUT_S,
+        gt=0,
+        description=(
+            "A trace whose stream delivers nothing for this long has stalled: the run fails with a "
+            "GenerationError naming it (with the partial result), even with no deadline. None "
+            "disables the check."
+        ),
+    )
 
 
 class PruningConfig(RunConfig):
@@ -242,6 +268,14 @@ class PruningConfig(RunConfig):
             "left None. Needs a backend with AnswerProbing."
         ),
     )
+    judge_timeout_s: float | None = Field(
+        DEFAULT_JUDGE_TIMEOUT_S,
+        gt=0,
+        description=(
+            "A judge call that has not answered after this long counts as a judge failure "
+            "(on_judge_error decides what follows). None disables the check."
+        ),
+    )
 
 
 class SamplingConfig(_Frozen):
@@ -253,6 +287,7 @@ class SamplingConfig(_Frozen):
     max_tokens: int | None = Field(
         None,
         ge=1,
+        le=MAX_TOKENS_LIMIT,
         description=(
             "Tokens per trace at most, resumed tokens included. None: as far as the backend's "
             "context allows (an engine stops the trace at its context length, with finish reason "

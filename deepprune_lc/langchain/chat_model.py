@@ -403,8 +403,10 @@ class DeepPruneReasoner(BaseChatModel):
             call = asyncio.ensure_future(self.ainvoke(input, config, stop=stop, **kwargs))
         finally:
             STREAM_CALL.reset(token)
+        # Created before the try and cancelled in its finally: a caller that cancels while this
+        # waits would otherwise leave the wait pending ("Task was destroyed but it is pending!").
+        delivered = asyncio.ensure_future(handoff.delivered.wait())
         try:
-            delivered = asyncio.ensure_future(handoff.delivered.wait())
             await asyncio.wait({call, delivered}, return_when=asyncio.FIRST_COMPLETED)
             delivered.cancel()
             if handoff.chunk is not None:
@@ -414,6 +416,7 @@ class DeepPruneReasoner(BaseChatModel):
             if handoff.chunk is None:
                 yield as_last_chunk(message)
         finally:
+            delivered.cancel()
             handoff.consumed.set()
             if not call.done():
                 # Before the answer: the caller gave up (cancelled, or closed the stream), so stop

@@ -279,6 +279,12 @@ class BackendConformanceTests:
         return True
 
     @property
+    def probes_on_this_prompt(self) -> bool:
+        """Whether the backend can probe the suite's traces (a replay of text traces records no
+        probes; its text-free pools are probed instead). False skips the probe tests."""
+        return True
+
+    @property
     def probe_max_tokens(self) -> int:
         """``max_tokens`` of the suite's probes."""
         return 8
@@ -645,6 +651,8 @@ class BackendConformanceTests:
         """The backend as an ``AnswerProbing``; the test is skipped when it is not one."""
         if not isinstance(backend, AnswerProbing):
             pytest.skip(f"{type(backend).__name__} does not answer probes (no AnswerProbing)")
+        if not self.probes_on_this_prompt:
+            pytest.skip(f"{type(backend).__name__} cannot probe the suite's traces")
         return backend
 
     def check_probe_reply(

@@ -49,6 +49,10 @@ class TestBoundedBackendConformance(BackendConformanceTests):
     def stop_max_tokens(self) -> int:
         return 2048
 
+    @property
+    def probes_on_this_prompt(self) -> bool:
+        return False  # text traces record no probes (tests/unit/test_probe_pools.py probes replay)
+
 
 class CountingBackend:
     """The replay backend, recording which prompt each stream that reached it was for."""
