@@ -123,6 +123,7 @@ class ReplayBackend:
         reuse: Literal["error", "cycle"] = "cycle",
         fallback_problem: str | None = None,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        probe_answers: Literal["recorded", "final"] = "recorded",
     ) -> None:
         if not isinstance(pool, TracePool):
             raise ValueError(f"pool: expected a TracePool, got {type(pool).__name__}")
@@ -140,6 +141,11 @@ class ReplayBackend:
             raise ValueError(f"chunk_tokens: must be an integer >= 1, got {chunk_tokens!r}")
         if reuse not in ("error", "cycle"):
             raise ValueError(f"reuse: must be 'error' or 'cycle', got {reuse!r}")
+        if probe_answers not in ("recorded", "final"):
+            raise ValueError(f"probe_answers: must be 'recorded' or 'final', got {probe_answers!r}")
+        #: ``"final"``: every probe answers the trace's recorded final answer, from its first
+        #: token on. Not a model's behaviour: the oracle a bench measures better probes against.
+        self.probe_answers = probe_answers
         self.pool = pool
         self.tokenizer: RegexTokenizer = tokenizer if tokenizer is not None else RegexTokenizer()
         self.seconds_per_token = float(seconds_per_token)
@@ -204,6 +210,11 @@ class ReplayBackend:
                 f"probe: trace {position.index} of problem {problem.id!r} in the pool "
                 f"{self.pool.source} records no answer probes"
             )
+        if self.probe_answers == "final":
+            final = trace.final_answer
+            if final is None or final == NO_ANSWER or not final.strip():
+                return ProbeReply(text="", at_tokens=position.delivered, unknown=True)
+            return ProbeReply(text=f"{final}}}", at_tokens=position.delivered, answer=final)
         k = min(position.delivered // every, len(trace.probes)) - 1
         if k < 0:
             return ProbeReply(text="", at_tokens=position.delivered, unknown=True)

@@ -31,12 +31,14 @@ from deepprune_lc.core.ports import (
     Judge,
     JudgeScores,
     PrefixPair,
+    ProbeReply,
     Prompt,
     TraceDelta,
     TraceRequest,
 )
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.judges.fixed import RandomJudge
+from deepprune_lc.judges.probe import ProbeJudge
 from deepprune_lc.runtime import (
     AdaptiveConsistency,
     DeepPrune,
@@ -119,6 +121,8 @@ class RowSpec:
     build: Callable[[GenerationBackend, TracePool, int], DeepPrune | SelfConsistency] | None = None
     #: For derived rows: the row whose per-problem numbers they read.
     source: str | None = None
+    #: A row of the oracle judge (on a text-free pool it replays probes of the final answers).
+    oracle: bool = False
 
 
 class InstantJudge:
@@ -195,11 +199,22 @@ def build_judge(name: str, pool: TracePool, resample: int, rules: AnswerRules) -
     if name == "random":
         return RandomJudge(seed=resample)
     if name == "oracle":
+        if _text_free(pool):
+            # No text to look answers up by: the oracle is probe clustering whose every probe
+            # answers the trace's final answer (the replay of oracle rows is built for it).
+            return ProbeJudge(answers=rules)
         return AnswerLookupJudge(pool, rules=rules)
     try:
-        return InstantJudge(resolve_judge(name))
+        judge = resolve_judge(name)
     except Exception as error:  # unknown kind, missing optional dependency, bad spec
         raise JudgeUnavailableError(f"{type(error).__name__}: {error}") from error
+    if getattr(judge, "probe_clustering", None) is not None:
+        return judge  # probe clustering calls the backend, not the judge: nothing to pause for
+    return InstantJudge(judge)
+
+
+def _text_free(pool: TracePool) -> bool:
+    return any(problem.text_free for problem in pool.problems)
 
 
 def plan_rows(settings: BenchSettings, judges: Sequence[str]) -> list[RowSpec]:
@@ -265,6 +280,7 @@ def plan_rows(settings: BenchSettings, judges: Sequence[str]) -> list[RowSpec]:
                         f"K2 {k2}",
                         "runner",
                         functools.partial(_deepprune, config, judge, settings.answers),
+                        oracle=judge == "oracle",
                     )
                 )
                 if judge not in BUILTIN_JUDGES:
@@ -363,6 +379,15 @@ class LockstepClock:
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         return self.inner.count_prompt_tokens(prompt)
 
+    async def probe(
+        self, request_id: str, *, suffix: str | None = None, max_tokens: int = 20
+    ) -> ProbeReply:
+        """The replay's recorded probe (``AnswerProbing``): probes cost no decoding step."""
+        return await self.inner.probe(request_id, suffix=suffix, max_tokens=max_tokens)
+
+    def records_probes(self, prompt: Prompt) -> bool:
+        return self.inner.records_probes(prompt)
+
 
 def latency_of(result: DeepPruneResult, clock_steps: int) -> int:
     """The result's own ``latency_tokens`` when it reports one, else the lockstep clock's count."""
@@ -453,21 +478,26 @@ async def _run_rows(
 ) -> dict[str, list[ProblemNumbers]]:
     backend = ReplayBackend(pool, yield_every=1, reuse="error")
     clock = LockstepClock(backend)
+    # Oracle rows on text-free pools probe the final answers (see build_judge).
+    oracle_clock = LockstepClock(
+        ReplayBackend(pool, yield_every=1, reuse="error", probe_answers="final")
+    )
     numbers: dict[str, list[ProblemNumbers]] = {}
     facts: list[_ProblemFacts] = [_ProblemFacts() for _ in pool.problems]
     for row in rows:
         if row.kind != "runner" or row.build is None:
             continue
-        runner = row.build(clock, pool, resample)
+        row_clock = oracle_clock if row.oracle else clock
+        runner = row.build(row_clock, pool, resample)
         per_problem: list[ProblemNumbers] = []
         for index, problem in enumerate(pool.problems):
-            clock.now = 0
+            row_clock.now = 0
             result = await runner.run(problem.problem)
             per_problem.append(
                 ProblemNumbers(
                     correct=_correct(rules, problem.answer, result.answer),
                     tokens=result.totals.decoded_tokens,
-                    latency_tokens=latency_of(result, clock.now),
+                    latency_tokens=latency_of(result, row_clock.now),
                     judge_prefill_tokens=result.totals.judge_prefill_tokens,
                     probe_tokens=_probe_tokens(result),
                     traces_finished=sum(t.status == "finished" for t in result.traces),

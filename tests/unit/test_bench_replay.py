@@ -22,6 +22,7 @@ from deepprune_lc.cli.bench_methods import (
     _ProblemFacts,
     _TraceFacts,
     bench_rules,
+    build_judge,
     measure_resample,
     plan_rows,
     random_at_budget,
@@ -29,7 +30,8 @@ from deepprune_lc.cli.bench_methods import (
 )
 from deepprune_lc.cli.bench_report import METRICS, BenchReport, load_report, markdown_table
 from deepprune_lc.core.config import PruningConfig, SamplingConfig, TokensPrefix
-from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair
+from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair, TraceRequest
+from deepprune_lc.judges import ProbeJudge
 from deepprune_lc.runtime import DeepPrune
 
 RULES = bench_rules("math")
@@ -274,3 +276,55 @@ def test_a_slow_judge_is_measured_as_if_it_answered_between_two_steps() -> None:
     assert tokens(InstantJudge(_SlowOracle(pool, rules=RULES))) == instant
     # Unwrapped, the replay kept decoding while the judge waited.
     assert sum(tokens(_SlowOracle(pool, rules=RULES))) > sum(instant)
+
+
+def _text_free_pool() -> TracePool:
+    """One problem, eight text-free traces: probes name the final answer only from 700 tokens on."""
+    finals = ["7", "7", "7", "3", "7", "5", "7", "3"]
+    traces = [
+        {
+            "tokens": 1000 + 100 * i,
+            "final_answer": final,
+            "probes": (["1"] * 6 + [final] * 10)[: (1000 + 100 * i) // 100],
+        }
+        for i, final in enumerate(finals)
+    ]
+    data = {
+        "id": "tf",
+        "problem": "A text-free problem?",
+        "answer": "7",
+        "probe_every_tokens": 100,
+        "traces": traces,
+    }
+    return TracePool(problems=[PoolProblem.model_validate(data)])
+
+
+def test_on_a_text_free_pool_the_probe_and_oracle_rows_probe_the_traces() -> None:
+    pool = _text_free_pool()
+    # The probe judge is not paused behind InstantJudge (its clustering calls the backend), and the
+    # oracle, with no text to look answers up by, is probe clustering on final-answer probes.
+    assert build_judge("probe", pool, 0, RULES).__class__.__name__ == "ProbeJudge"
+    assert isinstance(build_judge("oracle", pool, 0, RULES), ProbeJudge)
+    settings = BenchSettings(
+        n_traces=8, resamples=1, judges=("probe", "oracle"), prefix_tokens=8, finalists=(2,)
+    )
+    numbers = measure_resample(settings, ["probe", "oracle"], pool, 0)
+    [cons] = numbers["cons"]
+    [probe] = numbers["deepprune_robust_probe_k2"]
+    [oracle] = numbers["deepprune_robust_oracle_k2"]
+    assert cons["correct"] and probe["correct"] and oracle["correct"]
+    # Clustered by probes (not all singletons, which would finish everything): fewer tokens than
+    # cons@8, and the oracle, whose probes are right from the first token, fewer still.
+    assert oracle["tokens"] < probe["tokens"] < cons["tokens"]
+
+
+async def test_final_answer_probes_answer_the_recorded_final_answer() -> None:
+    backend = ReplayBackend(_text_free_pool(), probe_answers="final", chunk_tokens=50)
+    request = TraceRequest("r", 3, "A text-free problem?", SamplingConfig(), 0)
+    stream = backend.stream(request)
+    await stream.__anext__()
+    reply = await backend.probe("r")
+    assert (reply.answer, reply.unknown) == ("3", False)  # the recorded probe says "1" here
+    await stream.aclose()
+    with pytest.raises(ValueError, match="probe_answers"):
+        ReplayBackend(_text_free_pool(), probe_answers="oracle")  # type: ignore[arg-type]
