@@ -21,9 +21,10 @@ Any limit hit means "compare as strings" (after normalisation), logged; it never
 Exactness. math-verify compares numbers in floating point, so distinct exact values closer than
 double precision (``\\sqrt{\\sqrt{...\\sqrt{2}}}`` and the same of 3, sixty deep, both ~1) would merge.
 Rule: when both answers are numbers written without a decimal point (integers, fractions,
-radicals, constants), math-verify's "equal" stands only if their values agree to
-:data:`EXACT_DIGITS` significant digits; an answer written with a decimal point keeps
-math-verify's tolerance (``0.5`` ~ ``\\frac12``, its rounding of long decimals).
+radicals, constants, finite sums), two values that agree to a part in a million but differ at
+:data:`EXACT_DIGITS` significant digits are different answers, whatever math-verify says; an
+answer written with a decimal point keeps math-verify's tolerance (``0.5`` ~ ``\\frac12``, its
+rounding of long decimals), and so do values it matches by a rule of its own (``5`` ~ ``5\\%``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ MAX_VERIFY_CHARS = 512
 #: LaTeX parser and sympy recurse per level, and 250-deep braces or 40-deep ``\\frac`` never finish.
 MAX_NESTING_DEPTH = 24
 
-#: Largest exponent of a power whose base has free symbols: sympy expands ``(x+1)^{5000}`` term by
-#: term when comparing it, which ran for minutes.
+#: Largest exponent of a power whose base is a sum with free symbols: sympy expands
+#: ``(x+1)^{5000}`` term by term when comparing it, which ran for minutes (``x^{5000}`` is fine).
 MAX_SYMBOLIC_EXPONENT = 64
 
 #: Seconds the verifier process may spend on one comparison before it is killed and replaced.
@@ -81,6 +82,9 @@ VERIFY_MEMORY_BYTES = 2 * 1024**3
 
 #: Significant digits two exact numeric answers must share to be one vote (see the module doc).
 EXACT_DIGITS = 40
+
+#: Relative difference under which two exact numbers look equal to a floating-point comparison.
+_CLOSE = 1e-6
 
 #: math-verify's own per-call timeouts inside the verifier process (whole seconds: signal.alarm).
 _PARSE_TIMEOUT_S = 2
@@ -244,6 +248,7 @@ def _big_symbolic_power(node: Any) -> bool:
         if (
             isinstance(item, sympy.Pow)
             and item.base.free_symbols
+            and item.base.has(sympy.Add)  # x^{1000} is one term; (x+1)^{1000} expands
             and _value_bound(item.exp, {}) > MAX_SYMBOLIC_EXPONENT
         ):
             return True
@@ -272,10 +277,13 @@ def _nesting_depth(text: str) -> int:
 
 
 def _exact_enough(gold: list[Any], pred: list[Any]) -> bool:
-    """The exactness rule (module doc): False when two exact numbers differ past float precision.
+    """The exactness rule (module doc): False for two exact numbers that only a floating-point
+    tolerance could merge (equal to :data:`_CLOSE` relative, different at :data:`EXACT_DIGITS`).
 
     Only the first parsed item of each side (math-verify's main reading) is checked, and only when
-    both are numbers without a decimal literal; anything else keeps math-verify's decision.
+    both are numbers without a decimal literal; anything else keeps math-verify's decision, as do
+    values that differ grossly (math-verify matched them by one of its rules, such as reading
+    ``5\\%`` as 5, not by a tolerance).
     """
     import sympy
 
@@ -291,12 +299,15 @@ def _exact_enough(gold: list[Any], pred: list[Any]) -> bool:
         return True
     digits = EXACT_DIGITS + 20
     try:
-        a = sympy.N(first, digits)
-        b = sympy.N(second, digits)
-        if not (a.is_number and b.is_number):
+        a = sympy.N(first.doit(), digits)
+        b = sympy.N(second.doit(), digits)
+        if not (a.is_number and b.is_number) or a.has(sympy.I) or b.has(sympy.I):
             return True
         scale = max(sympy.Float(1), abs(a), abs(b))
-        return bool(abs(a - b) <= scale * sympy.Float(10) ** (-EXACT_DIGITS))
+        difference = abs(a - b)
+        if difference <= scale * sympy.Float(10) ** (-EXACT_DIGITS):
+            return True
+        return bool(difference > scale * _CLOSE)
     except Exception:
         return False  # a value that cannot be evaluated is not shown to be the same number
 
