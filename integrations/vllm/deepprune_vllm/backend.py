@@ -144,6 +144,7 @@ class VLLMBackend:
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies once templated (what the engine prefills)."""
+        _check_text(prompt)
         return self._renderer.count(prompt)
 
     # ------------------------------------------------------------------ lifecycle
@@ -202,9 +203,19 @@ class VLLMBackend:
             if request_id in self._abort_requested:
                 yield TraceDelta((), "", "abort")  # aborted before it reached the engine
                 return
+            _check_text(request.prompt)
             prompt_ids = self._renderer.ids(request.prompt)
+            # vLLM serialises max_tokens as a 64-bit integer: 10**30 overflowed it and left the
+            # request in the engine's table for good. No trace outgrows the model length anyway.
+            room = _max_model_len(engine) - len(prompt_ids)
+            if room <= len(resume):
+                yield TraceDelta((), "", "length")  # no room left in the model's context
+                return
+            sampling = request.sampling
+            if sampling.max_tokens > room:
+                sampling = sampling.model_copy(update={"max_tokens": room})
             params = build_sampling_params(
-                request.sampling,
+                sampling,
                 seed=request.seed,
                 resumed_tokens=len(resume),
                 logprobs=self.logprobs,
@@ -401,6 +412,30 @@ async def _close_pump(channel: _Channel) -> None:
     if task is not None and not task.done():
         task.cancel()
         await asyncio.wait([task])
+
+
+def _max_model_len(engine: AsyncLLM) -> int:
+    return int(engine.model_config.max_model_len)
+
+
+def _check_text(prompt: Prompt) -> None:
+    """Refuse a prompt that is not valid text, naming the problem (the tokenizer raises a bare
+    ``TypeError`` on a lone surrogate, a code point no UTF-8 text can hold)."""
+    texts = [prompt] if isinstance(prompt, str) else [_content_text(m) for m in prompt]
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            where = "the prompt" if isinstance(prompt, str) else f"message {index} of the prompt"
+            raise ValueError(
+                f"{where} holds a lone surrogate {text[exc.start]!r} at character {exc.start}: "
+                "not valid text (decode bytes with errors='replace' or drop it)"
+            ) from None
+
+
+def _content_text(message: Any) -> str:
+    content = message.get("content", "") if isinstance(message, Mapping) else message
+    return content if isinstance(content, str) else ""
 
 
 def _finish_reason(reason: str | None, request_id: str) -> FinishReason:
