@@ -11,17 +11,21 @@ from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.judges.llm import (
     ANSWER_CUE,
     DEFAULT_JUDGE_TEMPLATE,
+    TRACE_QUOTE,
     LabelTokenizer,
     LLMJudgeSettings,
     distinct_prompts,
     judge_prefill_tokens,
     label_token_ids,
+    quote_trace,
+    special_token_strings,
     yes_probability,
 )
 
 __all__ = [
     "ANSWER_CUE",
     "DEFAULT_JUDGE_TEMPLATE",
+    "TRACE_QUOTE",
     "ConstantJudge",
     "LLMJudgeSettings",
     "LabelTokenizer",
@@ -32,5 +36,7 @@ __all__ = [
     "judge_prefill_tokens",
     "label_token_ids",
     "logistic",
+    "quote_trace",
+    "special_token_strings",
     "yes_probability",
 ]

@@ -70,9 +70,9 @@ from deepprune_lc.judges import (
     judge_prefill_tokens,
     label_token_ids,
     logistic,
+    special_token_strings,
     yes_probability,
 )
-from deepprune_lc.judges.llm import special_token_strings
 from deepprune_transformers.models import limit_cpu_threads, pick_device
 
 __all__ = [

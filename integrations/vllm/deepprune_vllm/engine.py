@@ -163,7 +163,7 @@ def engine_failures(what: str) -> Iterator[None]:
         dead = _engine_dead_error()
         if dead is not None and isinstance(exc, dead):
             raise BackendDeadError(
-                f"{what}: the vLLM engine died; it is shut down and restarted on the next use"
+                f"{what}: the vLLM engine is dead; it is shut down and restarted on the next use"
             ) from exc
         raise BackendError(f"{what}: vLLM failed: {exc!r}") from exc
 

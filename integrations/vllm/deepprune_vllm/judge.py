@@ -28,9 +28,9 @@ from deepprune_lc.judges import (
     distinct_prompts,
     judge_prefill_tokens,
     label_token_ids,
+    special_token_strings,
     yes_probability,
 )
-from deepprune_lc.judges.llm import special_token_strings
 from deepprune_vllm.backend import VLLMBackend
 from deepprune_vllm.engine import engine_failures
 
