@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -96,9 +95,9 @@ def test_a_comparison_past_the_timeout_is_killed_and_falls_back_to_strings(
     assert any("no verdict" in record.getMessage() for record in caplog.records)
     assert first.poll() is not None  # the hung process was killed
     # The slow answer is now compared as a string only: no second timeout, no new process.
-    started = time.monotonic()
+    warnings = len(caplog.records)
     assert bounded(lambda: math_equivalent(slow_a, nested("sqrt", 19, "7"))) is False
-    assert time.monotonic() - started < 0.2
+    assert equivalence._verifier._proc is None and len(caplog.records) == warnings
     monkeypatch.setattr(equivalence, "VERIFY_TIMEOUT_S", 30.0)
     assert bounded(lambda: math_equivalent("0.75", r"\frac{3}{4}"))  # a fresh verifier serves
     assert equivalence._verifier._proc is not first
