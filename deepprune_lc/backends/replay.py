@@ -35,6 +35,21 @@ depend only on how many turns pass between a judge request and its verdict (the 
 decodes meanwhile). Anything that takes turns on that path (an async callback handler of the
 judge's child run, a judge that awaits real I/O) shifts them, as real time does on an engine.
 
+Text-free traces (recorded as ``tokens`` + ``final_answer`` + ``probes``, ``backends.pool``) play
+in chunks: one delta per ``chunk_tokens`` tokens (default ``DEFAULT_CHUNK_TOKENS``) carrying
+synthetic ids (token ``i`` of a trace has id ``i + 1``) and no text; the last delta carries
+``\\boxed{<final_answer>}``, all the run's answer extraction reads. A pool of 30 x 128 traces of
+14k tokens is 55M tokens per configuration, which one delta per token could not play in reasonable
+time. Every stream yields to the event loop after each chunk, so concurrent traces stay in
+lockstep (one chunk per turn); abort is checked before every chunk, so a trace parked or aborted
+mid-run keeps exactly the tokens delivered (whole chunks), and resume continues at the exact
+token. ``probe(request_id)`` (the ``AnswerProbing`` port) answers with the recorded probe at the
+latest offset the trace has reached.
+
+The token budget: a replay plays each recorded trace to its end unless the caller set
+``sampling.max_tokens`` (it is in the config's ``model_fields_set``): the default budget (2048)
+is an engine's guard against runaway generation, and recorded reasoning traces run to 41k tokens.
+
 The per-token path does a set lookup, a slotted-dataclass construction and a yield; token ids are
 tokenised once per (problem, trace) and kept as pre-built 1-tuples, so a delta allocates nothing else.
 """
@@ -50,12 +65,32 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool
+from deepprune_lc.backends.pool import NO_ANSWER, PoolProblem, PoolTrace, TracePool
 from deepprune_lc.backends.stops import StopMatcher
 from deepprune_lc.backends.tokenizer import RegexTokenizer
-from deepprune_lc.core.ports import FinishReason, Prompt, TraceDelta, TraceRequest
+from deepprune_lc.core.config import SamplingConfig
+from deepprune_lc.core.ports import FinishReason, ProbeReply, Prompt, TraceDelta, TraceRequest
 
-__all__ = ["ReplayBackend"]
+__all__ = ["DEFAULT_CHUNK_TOKENS", "ReplayBackend", "replay_budget"]
+
+#: Tokens per delta when a text-free trace is played (a fifth of the usual probe spacing, so a
+#: decision taken on one delta lands within 100 tokens).
+DEFAULT_CHUNK_TOKENS = 100
+
+
+def replay_budget(sampling: SamplingConfig) -> int | None:
+    """The token budget a replay applies: ``max_tokens`` when the caller set it, else none."""
+    return sampling.max_tokens if "max_tokens" in sampling.model_fields_set else None
+
+
+@dataclass(slots=True)
+class _Position:
+    """Where a live text-free stream is: what ``probe`` reads."""
+
+    problem: PoolProblem
+    index: int
+    delivered: int
+
 
 _PROMPT_CACHE_LIMIT = 1024
 #: Sentences (about 12 tokens each) that synthetic traces with the same answer share at the start.
@@ -87,6 +122,7 @@ class ReplayBackend:
         yield_every: int = 16,
         reuse: Literal["error", "cycle"] = "cycle",
         fallback_problem: str | None = None,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     ) -> None:
         if not isinstance(pool, TracePool):
             raise ValueError(f"pool: expected a TracePool, got {type(pool).__name__}")
@@ -100,6 +136,8 @@ class ReplayBackend:
             )
         if isinstance(yield_every, bool) or not isinstance(yield_every, int) or yield_every < 1:
             raise ValueError(f"yield_every: must be an integer >= 1, got {yield_every!r}")
+        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens: must be an integer >= 1, got {chunk_tokens!r}")
         if reuse not in ("error", "cycle"):
             raise ValueError(f"reuse: must be 'error' or 'cycle', got {reuse!r}")
         self.pool = pool
@@ -117,6 +155,8 @@ class ReplayBackend:
         # Guards the tokenizer's growing vocabulary: ``prompt_token_ids`` may be called from any
         # thread (LangChain's ``get_token_ids``) while a run tokenises traces on its loop.
         self._vocab_lock = threading.Lock()
+        self.chunk_tokens = chunk_tokens
+        self._positions: dict[str, _Position] = {}
 
     # ------------------------------------------------------------------ protocol
 
@@ -126,7 +166,55 @@ class ReplayBackend:
         Returns the async generator itself (a subtype of the protocol's ``AsyncIterator``), so a
         caller that stops early can ``aclose()`` it and the request is released at once.
         """
+        try:
+            problem = self.problem_for(request.prompt)
+        except ValueError:
+            return self._stream(request)  # reports the unknown prompt on first use
+        if problem.text_free:
+            return self._stream_counted(request)
         return self._stream(request)
+
+    async def probe(
+        self, request_id: str, *, suffix: str | None = None, max_tokens: int = 20
+    ) -> ProbeReply:
+        """``AnswerProbing``: the recorded probe at the latest offset the trace has reached.
+
+        ``probes[k]`` is the answer after ``(k + 1) * probe_every_tokens`` tokens; before the first
+        offset, or where the record says ``"ERR"``, the reply is ``unknown``. Past the last
+        recorded probe the last one stands. ``suffix`` and ``max_tokens`` shape a model's probe;
+        a recording has one answer per offset, so they are accepted and not used. Costs nothing
+        (no model runs). ``KeyError`` for a request that is not streaming; ``ValueError`` for a
+        trace of a text pool, which recorded no probes.
+        """
+        del suffix, max_tokens  # a recording answers the same whatever the question's wording
+        position = self._positions.get(request_id)
+        if position is None:
+            if request_id in self._live:
+                raise ValueError(
+                    f"probe: request {request_id!r} replays a text trace of the pool "
+                    f"{self.pool.source}, which records no answer probes (only text-free traces "
+                    "with 'probes' and 'probe_every_tokens' can be probed)"
+                )
+            raise KeyError(f"probe: no live request {request_id!r} in this replay backend")
+        problem = position.problem
+        trace = problem.traces[position.index]
+        every = problem.probe_every_tokens
+        if every is None or not trace.probes:
+            raise ValueError(
+                f"probe: trace {position.index} of problem {problem.id!r} in the pool "
+                f"{self.pool.source} records no answer probes"
+            )
+        k = min(position.delivered // every, len(trace.probes)) - 1
+        if k < 0:
+            return ProbeReply(text="", at_tokens=position.delivered, unknown=True)
+        answer = trace.probes[k]
+        if answer == NO_ANSWER or not answer.strip():
+            return ProbeReply(text="", at_tokens=position.delivered, unknown=True)
+        return ProbeReply(text=f"{answer}}}", at_tokens=position.delivered, answer=answer)
+
+    def records_probes(self, prompt: Prompt) -> bool:
+        """Whether the prompt's problem recorded answer probes (what ``probe`` can answer)."""
+        return self.problem_for(prompt).has_probes
 
     async def abort(self, request_id: str) -> None:
         """Stop a live request before its next token; a no-op for unknown or finished ones."""
@@ -188,7 +276,11 @@ class ReplayBackend:
 
     def trace_token_ids(self, problem_id: str, trace_index: int) -> tuple[int, ...]:
         """Token ids of a recorded trace as this backend streams them (index taken as given)."""
-        return self._tokens_of(self.pool.by_id(problem_id), trace_index).ids
+        problem = self.pool.by_id(problem_id)
+        trace = problem.traces[trace_index]
+        if trace.text_free:
+            return tuple(range(1, (trace.tokens or 0) + 1))
+        return self._tokens_of(problem, trace_index).ids
 
     # ------------------------------------------------------------------ internals
 
@@ -228,7 +320,8 @@ class ReplayBackend:
         start = _check_resume(tokens.ids, request.resume_token_ids, problem.id, index)
 
         total = len(tokens.ids)
-        end = min(total, request.sampling.max_tokens)
+        budget = replay_budget(request.sampling)
+        end = total if budget is None else min(total, budget)
         reason: FinishReason = "stop" if end == total else "length"
         pieces: Sequence[str] = tokens.pieces
         held = ""
@@ -272,6 +365,51 @@ class ReplayBackend:
             yield TraceDelta(singles[last], pieces[last], reason)
         finally:
             self._live.discard(request_id)
+            aborted.discard(request_id)
+
+    async def _stream_counted(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        """A text-free trace, one delta per ``chunk_tokens`` (see the module docstring)."""
+        request_id = request.request_id
+        if request_id in self._live:
+            raise ValueError(f"request_id: {request_id!r} is already streaming")
+        problem = self.problem_for(request.prompt)
+        index = self._select(problem, request.trace_index)
+        trace = problem.traces[index]
+        total = trace.tokens or 0
+        start = _check_counted_resume(total, request.resume_token_ids, problem.id, index)
+        budget = replay_budget(request.sampling)
+        end = total if budget is None else min(total, budget)
+        reason: FinishReason = "stop" if end == total else "length"
+        final_text = "" if reason == "length" else _final_text(trace.final_answer)
+        aborted = self._aborted
+        position = _Position(problem, index, start)
+        self._live.add(request_id)
+        self._positions[request_id] = position
+        try:
+            if start >= end:
+                yield TraceDelta((), final_text if start == total else "", reason)
+                return
+            step = self.chunk_tokens
+            delay = self.seconds_per_token
+            at = start
+            while True:
+                if delay > 0:
+                    await asyncio.sleep(delay * min(step, end - at))
+                elif at != start:
+                    await asyncio.sleep(0)
+                if request_id in aborted:
+                    yield TraceDelta((), "", "abort")
+                    return
+                upto = min(at + step, end)
+                position.delivered = upto
+                if upto == end:
+                    yield TraceDelta(range(at + 1, upto + 1), final_text, reason)
+                    return
+                yield TraceDelta(range(at + 1, upto + 1), "")
+                at = upto
+        finally:
+            self._live.discard(request_id)
+            self._positions.pop(request_id, None)
             aborted.discard(request_id)
 
     # ------------------------------------------------------------------ synthetic pools
@@ -424,6 +562,31 @@ def _apply_stops(
             return texts, i + 1, "stop", ""
     texts[end - 1] += matcher.flush()
     return texts, end, reason, ""
+
+
+def _final_text(final_answer: str | None) -> str:
+    """What a text-free trace says at its end: its answer boxed, or nothing when it has none."""
+    if final_answer is None or final_answer == NO_ANSWER or not final_answer.strip():
+        return ""
+    return f"\\boxed{{{final_answer}}}"
+
+
+def _check_counted_resume(total: int, resume: Sequence[int], problem_id: str, index: int) -> int:
+    """Where a resumed text-free stream continues: its ids are ``1..n``, so resume must be too."""
+    n = len(resume)
+    if n == 0:
+        return 0
+    if n > total:
+        raise ValueError(
+            f"resume ids do not match trace {index} of problem {problem_id!r}: {n} ids given, "
+            f"the trace has {total} tokens"
+        )
+    if list(resume) != list(range(1, n + 1)):
+        position = next(i for i in range(n) if resume[i] != i + 1)
+        raise ValueError(
+            f"resume ids do not match trace {index} of problem {problem_id!r} at position {position}"
+        )
+    return n
 
 
 def _check_resume(ids: tuple[int, ...], resume: Sequence[int], problem_id: str, index: int) -> int:

@@ -7,7 +7,7 @@ import json
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -124,6 +124,13 @@ def print_result(result: DeepPruneResult, truth: str | None = None) -> None:
         + f"\ntokens decoded {totals.decoded_tokens} vs ~{totals.estimated_full_tokens or 0:.0f} "
         f"for all {totals.n_traces} traces: {savings} saved"
         + f"\njudge calls {totals.judge_calls}, pairs {totals.judge_pairs}"
+        + ("" if not totals.probe_calls else f", probes {totals.probe_calls}")
+        + f"\nlatency {totals.latency_tokens} decode steps, {totals.wall_time_s:.2f} s wall"
+        + (
+            ""
+            if not totals.length_capped
+            else f"\n[red]cut by max_tokens[/red] {totals.length_capped}"
+        )
         + ("" if result.fallback is None else f"\n[red]fallback[/red] {result.fallback}")
     )
 
@@ -319,14 +326,108 @@ def ask(
         print_result(result)
 
 
+def _csv(value: str, cast: type[int] | type[str]) -> tuple[Any, ...]:
+    items = tuple(cast(item.strip()) for item in value.split(",") if item.strip())
+    if not items:
+        raise typer.BadParameter(f"expected a comma-separated list, got {value!r}")
+    return items
+
+
 @bench_app.command("replay")
 def bench_replay(
+    pool: Annotated[Path, typer.Option(help="Trace pool JSONL (docs/trace-pools.md)")] = Path(
+        "../shared/data/traces/qwen25math_cot8_dev.jsonl"
+    ),
+    n_traces: Annotated[int, typer.Option(min=1, help="N: traces per problem")] = 8,
+    resamples: Annotated[int, typer.Option(min=1, help="B: bootstrap resamples")] = 10,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    replace: Annotated[
+        bool, typer.Option(help="Draw the N traces with replacement (the bootstrap)")
+    ] = True,
+    judges: Annotated[
+        str,
+        typer.Option(
+            help="DeepPrune judges, comma-separated: 'random', 'oracle' or judge specs "
+            "('lexical', 'embedding', 'probe', ...); one that does not resolve is skipped "
+            "with a note"
+        ),
+    ] = "lexical,embedding,probe,random,oracle",
+    prefix_tokens: Annotated[int, typer.Option(min=1, help="DeepPrune's prefix, in tokens")] = 64,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="DeepPrune's tau")] = 0.5,
+    finalists: Annotated[str, typer.Option(help="DeepPrune's K2 values, comma-separated")] = "4",
+    answers: Annotated[str, typer.Option(help="Answer rules: math, exact, multiple_choice")] = (
+        "math"
+    ),
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes over resamples")] = 2,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write every row's resamples as JSON here")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a Pareto PNG here")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the table as markdown here")] = None,
+) -> None:
+    """DeepPrune against cons@N, ESC, Adaptive-Consistency and random pruning at equal budget, on
+    the same bootstrap resamples of a pool, with the spread over resamples."""
+    from deepprune_lc.cli.bench_bootstrap import run_bench
+    from deepprune_lc.cli.bench_methods import BenchSettings
+    from deepprune_lc.cli.bench_report import markdown_table, rich_table
+
+    settings = BenchSettings(
+        n_traces=n_traces,
+        resamples=resamples,
+        seed=seed,
+        replace=replace,
+        judges=_csv(judges, str),
+        prefix_tokens=prefix_tokens,
+        threshold=threshold,
+        finalists=_csv(finalists, int),
+        answers=answers,
+    )
+    err = Console(stderr=True)
+    report = run_bench(
+        load_trace_pool(pool),
+        settings,
+        jobs=jobs,
+        progress=lambda done, total: err.print(f"resample {done}/{total} done"),
+    )
+    Console().print(rich_table(report))
+    if output is not None:
+        output.write_text(markdown_table(report))
+    if json_path is not None:
+        report.write_json(json_path)
+    if plot is not None:
+        from deepprune_lc.cli.bench_plot import write_pareto_plot
+
+        write_pareto_plot(report, plot)
+
+
+@bench_app.command("show")
+def bench_show(
+    report_json: Annotated[Path, typer.Argument(help="A report written by bench replay --json")],
+    plot: Annotated[Path | None, typer.Option(help="Write a Pareto PNG here")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the table as markdown here")] = None,
+) -> None:
+    """Table (and plot) of a saved bench report, without re-running it."""
+    from deepprune_lc.cli.bench_report import load_report, markdown_table, rich_table
+
+    report = load_report(report_json)
+    Console().print(rich_table(report))
+    if output is not None:
+        output.write_text(markdown_table(report))
+    if plot is not None:
+        from deepprune_lc.cli.bench_plot import write_pareto_plot
+
+        write_pareto_plot(report, plot)
+
+
+@bench_app.command("sweep")
+def bench_sweep(
     pool: Annotated[Path, typer.Option(help="Trace pool JSONL")] = Path(
         "../shared/data/traces/qwen25math_cot8_dev.jsonl"
     ),
     output: Annotated[Path | None, typer.Option(help="Write the table as markdown here")] = None,
 ) -> None:
-    """Accuracy and tokens of DeepPrune (a tau x K2 x prefix sweep), self-consistency and ESC."""
+    """The recorded traces in pool order, one run per row: a tau x K2 x prefix sweep of DeepPrune
+    beside self-consistency and ESC."""
     from deepprune_lc.cli.bench import replay_sweep
 
     table = asyncio.run(replay_sweep(load_trace_pool(pool)))

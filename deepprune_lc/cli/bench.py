@@ -1,6 +1,9 @@
 """Benchmarks behind ``deepprune bench``: every ratio is measured side by side in one process.
 
-``replay_sweep``: accuracy and decoded tokens of DeepPrune (a small sweep of tau, K2 and the prefix
+``deepprune bench replay`` (the side-by-side bootstrap) lives in ``bench_methods`` (the methods),
+``bench_bootstrap`` (the resamples), ``bench_report`` (table and JSON) and ``bench_plot``.
+
+``replay_sweep`` (``deepprune bench sweep``): accuracy and decoded tokens of DeepPrune (a small sweep of tau, K2 and the prefix
 policy), self-consistency and ESC on a recorded trace pool, replayed in lockstep (every trace yields
 to the event loop after each token, as a batching engine decodes one token per trace per step).
 
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 
 from deepprune_lc.backends.pool import TracePool
 from deepprune_lc.backends.replay import ReplayBackend
-from deepprune_lc.core.answers import extract_answer, math_equivalent
+from deepprune_lc.cli.bench_methods import AnswerLookupJudge
+from deepprune_lc.core.answers import math_equivalent
 from deepprune_lc.core.config import (
     EarlyStoppingConfig,
     PruningConfig,
@@ -27,7 +31,7 @@ from deepprune_lc.core.config import (
     TokensPrefix,
     VoteSettling,
 )
-from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair, TraceRequest
+from deepprune_lc.core.ports import Judge, TraceRequest
 from deepprune_lc.judges.fixed import ConstantJudge, RandomJudge
 from deepprune_lc.judges.lexical import LexicalJudge
 from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
@@ -57,29 +61,6 @@ class SweepRow:
     @property
     def accuracy(self) -> float:
         return self.correct / self.problems
-
-
-class AnswerLookupJudge:
-    """A bound, not a judge: reads each prefix's recorded final answer from the pool.
-
-    ``invert=False`` is the oracle (same answer -> 1.0, else 0.0); ``invert=True`` always says the
-    opposite, the worst judge there is. A prefix is matched to the recorded trace it starts.
-    """
-
-    def __init__(self, pool: TracePool, *, invert: bool = False) -> None:
-        self.invert = invert
-        self._texts = [(t.text, extract_answer(t.text)) for p in pool.problems for t in p.traces]
-
-    def _answer(self, prefix: str) -> str | None:
-        return next((a for text, a in self._texts if text.startswith(prefix)), None)
-
-    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
-        scores = []
-        for pair in pairs:
-            a, b = self._answer(pair.prefix_a), self._answer(pair.prefix_b)
-            same = a is not None and b is not None and math_equivalent(a, b)
-            scores.append(0.0 if same == self.invert else 1.0)
-        return JudgeScores(scores)
 
 
 async def _evaluate(

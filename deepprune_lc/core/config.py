@@ -17,9 +17,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_JUDGE_TIMEOUT_S",
     "DEFAULT_REASONING_WORDS",
+    "MAX_TOKENS_LIMIT",
     "EarlyStoppingConfig",
     "PrefixPolicy",
+    "ProbeClustering",
     "PruningConfig",
     "ReasoningWordsPrefix",
     "RunConfig",
@@ -73,8 +77,22 @@ DEFAULT_REASONING_WORDS: tuple[str, ...] = (
 )
 
 
+#: Default ``idle_timeout_s``: a trace that delivers nothing for this long has stalled. Generous, so
+#: that a queued request on a busy engine is never mistaken for a stalled one; ``None`` disables it.
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+#: Default ``judge_timeout_s``: one judge call (at most ``max_judge_batch`` traces' pairs) that takes
+#: longer has hung. Generous for a model judge on a CPU; ``None`` disables it.
+DEFAULT_JUDGE_TIMEOUT_S = 300.0
+#: Largest ``max_tokens`` accepted: engines keep token counts in 32-bit integers (a larger value
+#: overflows vLLM's request serialiser), and no model has a context this long anyway.
+MAX_TOKENS_LIMIT = 2**31 - 1
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: NaN passes no comparison, so ``gt``/``lt`` bounds would report it as
+    # out of range ("Input should be less than 1"); inf would be an endless budget. Both are
+    # rejected as "Input should be a finite number", naming the field and the value.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ReasoningWordsPrefix(_Frozen):
@@ -120,6 +138,44 @@ class VoteSettling(_Frozen):
     min_margin: int = Field(2, ge=1, description="Votes the leader must lead the runner-up by.")
 
 
+class ProbeClustering(_Frozen):
+    """Clustering by answer probes instead of pairwise judge calls (docs/method.md, "Probes").
+
+    At ``at_tokens`` decoded tokens every trace is asked for its answer now (the backend's
+    ``AnswerProbing``); traces whose probe answers are equivalent under the run's answer rules share
+    a cluster, found with no judge call. A probe with no answer is ``unknown``: with
+    ``unknown="separate"`` it never merges (the trace founds a cluster of its own), with
+    ``"together"`` the unknowns form one cluster. ``reprobe_every`` (robust finalisation only;
+    None turns it off) probes the running finalists again every so many tokens: a finalist whose
+    last ``agree_stop`` probes all name the finished vote's leader is committed to it; the
+    settled-vote rule then counts only the uncommitted running finalists as able to overturn the
+    vote, and (``count_committed``) the committed ones as the leader's votes. Defaults and the
+    measurements behind them: docs/method.md, "Answer probes".
+    """
+
+    at_tokens: int = Field(
+        500, ge=1, description="Decoded tokens at which a trace is probed and clustered."
+    )
+    unknown: Literal["separate", "together"] = "separate"
+    reprobe_every: int | None = Field(
+        500,
+        ge=1,
+        description="Tokens between later probes of running finalists (None: never probe again).",
+    )
+    agree_stop: int = Field(
+        2,
+        ge=1,
+        description="Consecutive probes naming the leader that make a running finalist committed.",
+    )
+    count_committed: bool = Field(
+        True,
+        description=(
+            "Count committed finalists as votes for the leader (settled when lead + committed > "
+            "uncommitted running), not only as traces that cannot overturn it."
+        ),
+    )
+
+
 class RunConfig(_Frozen):
     """What every parallel-sampling method shares: how many traces, the seed, the deadline.
 
@@ -135,6 +191,15 @@ class RunConfig(_Frozen):
         description=(
             "Wall-clock budget for the whole run. When it passes, running traces are aborted and "
             "the finished ones vote; the result is flagged with fallback='deadline'."
+        ),
+    )
+    idle_timeout_s: float | None = Field(
+        DEFAULT_IDLE_TIMEOUT_S,
+        gt=0,
+        description=(
+            "A trace whose stream delivers nothing for this long has stalled: the run fails with a "
+            "GenerationError naming it (with the partial result), even with no deadline. None "
+            "disables the check."
         ),
     )
 
@@ -186,7 +251,31 @@ class PruningConfig(RunConfig):
             "there are parked traces)."
         ),
     )
+    split_resume: Literal["needed", "doubling"] = Field(
+        "needed",
+        description=(
+            "Robust finalisation, when the finished finalists split: resume as many traces as "
+            "could settle the vote ('needed'), or at least as many as have voted so far "
+            "('doubling': a hard question reaches its full vote in log2(N / K2) rounds, not "
+            "one round per missing vote; each round waits for a whole trace)."
+        ),
+    )
     on_judge_error: Literal["fallback", "raise"] = "fallback"
+    probe: ProbeClustering | None = Field(
+        None,
+        description=(
+            "Cluster by answer probes (no pairwise judge calls); set by the 'probe' judge when "
+            "left None. Needs a backend with AnswerProbing."
+        ),
+    )
+    judge_timeout_s: float | None = Field(
+        DEFAULT_JUDGE_TIMEOUT_S,
+        gt=0,
+        description=(
+            "A judge call that has not answered after this long counts as a judge failure "
+            "(on_judge_error decides what follows). None disables the check."
+        ),
+    )
 
 
 class SamplingConfig(_Frozen):
@@ -195,7 +284,17 @@ class SamplingConfig(_Frozen):
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1, description="-1 disables top-k.")
-    max_tokens: int = Field(2048, ge=1)
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TOKENS_LIMIT,
+        description=(
+            "Tokens per trace at most, resumed tokens included. None: as far as the backend's "
+            "context allows (an engine stops the trace at its context length, with finish reason "
+            "'length'); a reasoning trace runs 3k-40k tokens, and a smaller cap cuts it before "
+            "its answer."
+        ),
+    )
     stop: tuple[str, ...] = ()
 
     @model_validator(mode="after")

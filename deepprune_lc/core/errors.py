@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from deepprune_lc.core.result import DeepPruneResult
 
 __all__ = [
+    "AnswerRulesError",
     "BackendDeadError",
     "BackendError",
     "DeepPruneError",
@@ -48,6 +49,14 @@ class BackendDeadError(BackendError):
     """The engine itself is dead: every later request fails too, until it is restarted.
 
     A server should report itself unhealthy and restart the backend rather than retry.
+    """
+
+
+class AnswerRulesError(DeepPruneError):
+    """A task's answer rules failed: a user ``extract`` or ``equivalent`` raised.
+
+    The run stops (an answer read by a broken rule is no answer), every request is aborted and the
+    partial result is attached; the rule's own exception is the ``__cause__``.
     """
 
 

@@ -113,11 +113,14 @@ class PrefixMonitor(TraceMonitor):
 
 
 class ProbeMonitor(TraceMonitor):
-    """Signals ``ProbeDue`` every ``every_tokens`` decoded tokens (from ``first_at`` on)."""
+    """Signals ``ProbeDue`` every ``every_tokens`` decoded tokens (from ``first_at`` on);
+    ``once=True`` signals only at ``first_at`` and then goes inactive (off the per-token path)."""
 
-    __slots__ = ("_every", "_next", "tokens")
+    __slots__ = ("_every", "_next", "_once", "tokens")
 
-    def __init__(self, every_tokens: int, *, first_at: int | None = None) -> None:
+    def __init__(
+        self, every_tokens: int, *, first_at: int | None = None, once: bool = False
+    ) -> None:
         if every_tokens < 1:
             raise ValueError(f"every_tokens: must be >= 1, got {every_tokens}")
         super().__init__()
@@ -125,12 +128,15 @@ class ProbeMonitor(TraceMonitor):
         self._next = every_tokens if first_at is None else first_at
         if self._next < 1:
             raise ValueError(f"first_at: must be >= 1, got {first_at}")
+        self._once = once
         self.tokens = 0
 
     def feed(self, delta: TraceDelta) -> Sequence[Signal]:
         self.tokens += len(delta.token_ids)
         if self.tokens < self._next:
             return _NONE
+        if self._once:
+            self.active = False
         # One probe per crossing, even if a long delta crossed several offsets at once: a probe
         # reads the trace as it is now, so two at the same point would say the same thing.
         while self._next <= self.tokens:

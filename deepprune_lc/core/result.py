@@ -89,7 +89,22 @@ class RunTotals(_Model):
     judge_pairs: int = 0
     judge_prefill_tokens: int = 0
     judge_time_s: float = 0.0
+    probe_calls: int = Field(0, description="Answer probes asked of running traces.")
+    probe_prefill_tokens: int = Field(0, description="Tokens the probes prefilled (0 on replay).")
+    probe_decoded_tokens: int = Field(0, description="Tokens the probes decoded (0 on replay).")
+    probe_time_s: float = 0.0
     wall_time_s: float = 0.0
+    latency_tokens: int | None = Field(
+        None,
+        description=(
+            "Decode steps from the start to the moment the answer was decided (the critical path): "
+            "every trace advances one token per step; a resumed trace continues from the step it "
+            "was resumed at; what ran after the decision is not waited for (docs/method.md)."
+        ),
+    )
+    length_capped: int = Field(
+        0, description="Traces that ended on the token budget (finish_reason 'length')."
+    )
 
 
 class SummaryVote(TypedDict):
@@ -120,7 +135,13 @@ class RunSummary(TypedDict):
     judge_calls: int
     judge_pairs: int
     judge_prefill_tokens: int
+    #: Answer probes asked (the probe judge's cost is counted beside the judge's).
+    probe_calls: int
     wall_time_s: float
+    #: Decode steps to the answer (the critical path; ``RunTotals.latency_tokens``).
+    latency_tokens: int | None
+    #: Traces cut by the token budget.
+    length_capped: int
     fallback: str | None
     #: Why the clustering was not trusted (finalisation let more traces vote), or None.
     judge_unreliable: str | None
@@ -172,7 +193,10 @@ class DeepPruneResult(_Model):
             "judge_calls": self.totals.judge_calls,
             "judge_pairs": self.totals.judge_pairs,
             "judge_prefill_tokens": self.totals.judge_prefill_tokens,
+            "probe_calls": self.totals.probe_calls,
             "wall_time_s": round(self.totals.wall_time_s, 4),
+            "latency_tokens": self.totals.latency_tokens,
+            "length_capped": self.totals.length_capped,
             "fallback": self.fallback,
             "judge_unreliable": self.judge_unreliable,
         }

@@ -1,6 +1,7 @@
 """Judges: implementations of ``deepprune_lc.core.ports.Judge``.
 
-Only the dependency-free judges are imported here (lexical overlap, a constant baseline), so
+Only the dependency-free judges are imported here (lexical overlap, constant and random
+baselines, answer probes), so
 importing this package never loads a model. What every LLM judge shares, whichever engine runs it
 (settings, pair prompt, label tokens, P(yes), prefill count), is here too: ``deepprune_lc.judges.llm``.
 """
@@ -21,6 +22,7 @@ from deepprune_lc.judges.llm import (
     special_token_strings,
     yes_probability,
 )
+from deepprune_lc.judges.probe import ProbeJudge
 
 __all__ = [
     "ANSWER_CUE",
@@ -31,6 +33,7 @@ __all__ = [
     "LabelTokenizer",
     "LexicalJudge",
     "LexicalJudgeConfig",
+    "ProbeJudge",
     "RandomJudge",
     "distinct_prompts",
     "judge_prefill_tokens",

@@ -33,6 +33,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.utils.utils import LC_ID_PREFIX
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from deepprune_lc.backends.bounded import BoundedBackend
 from deepprune_lc.core.answers import AnswerRules
 from deepprune_lc.core.config import PruningConfig, SamplingConfig
 from deepprune_lc.core.errors import DeepPruneTimeoutError
@@ -107,6 +108,16 @@ class DeepPruneReasoner(BaseChatModel):
     timeout: float | None = Field(
         default=None,
         description="The run's wall-clock budget in seconds; None: pruning.deadline_s.",
+    )
+
+    max_traces_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Streams open at once on the backend across every call of this model (batch, abatch, "
+            "concurrent graph branches), shared fairly between questions; more wait their turn. "
+            "None: no bound here (the engine queues what it cannot run)."
+        ),
     )
 
     _runner: DeepPrune | None = PrivateAttr(default=None)
@@ -418,8 +429,10 @@ class DeepPruneReasoner(BaseChatModel):
             call = asyncio.ensure_future(self.ainvoke(input, config, stop=stop, **kwargs))
         finally:
             STREAM_CALL.reset(token)
+        # Created before the try and cancelled in its finally: a caller that cancels while this
+        # waits would otherwise leave the wait pending ("Task was destroyed but it is pending!").
+        delivered = asyncio.ensure_future(handoff.delivered.wait())
         try:
-            delivered = asyncio.ensure_future(handoff.delivered.wait())
             await asyncio.wait({call, delivered}, return_when=asyncio.FIRST_COMPLETED)
             delivered.cancel()
             if handoff.chunk is not None:
@@ -429,6 +442,7 @@ class DeepPruneReasoner(BaseChatModel):
             if handoff.chunk is None:
                 yield as_last_chunk(message)
         finally:
+            delivered.cancel()
             handoff.consumed.set()
             if not call.done():
                 # Before the answer: the caller gave up (cancelled, or closed the stream), so stop
@@ -454,10 +468,13 @@ class DeepPruneReasoner(BaseChatModel):
             value if isinstance(value, str) else (type(value), id(value))
             for value in (self.backend, self.judge)
         )
-        spec = (*engines, self.pruning, self.sampling, self.answers)
+        spec = (*engines, self.pruning, self.sampling, self.answers, self.max_traces_in_flight)
         if runner is None or self._runner_spec != spec:
+            backend = resolve_backend(self.backend)
+            if self.max_traces_in_flight is not None:
+                backend = BoundedBackend(backend, self.max_traces_in_flight)
             runner = DeepPrune(
-                resolve_backend(self.backend),
+                backend,
                 resolve_judge(self.judge),
                 self.pruning,
                 sampling=self.sampling,

@@ -26,11 +26,17 @@ from deepprune_lc.runtime.registry import (
     unregister_backend,
     unregister_judge,
 )
-from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
+from deepprune_lc.runtime.runner import (
+    AdaptiveConsistency,
+    DeepPrune,
+    EarlyStoppingSelfConsistency,
+    SelfConsistency,
+)
 
 __all__ = [
     "BACKEND_GROUP",
     "JUDGE_GROUP",
+    "AdaptiveConsistency",
     "BackendFactory",
     "DeepPrune",
     "EarlyStoppingSelfConsistency",

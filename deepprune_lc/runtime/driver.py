@@ -7,7 +7,10 @@ time, and tells listeners.
 
 Guarantees, whatever happens mid-run: no request is left running in the backend (every live request
 is aborted before ``run`` returns or raises), and token counts and finished traces survive in the
-result (attached to the exception when the run fails).
+result (attached to the exception when the run fails). Nothing waits unbounded: a stalled stream is
+caught by the idle timeout, a hung judge by the judge timeout, and shutdown gives aborted streams a
+bounded grace (a share of the deadline, at most ``ABORT_GRACE_S``), then cancels what is left and
+names any request whose abort the backend never confirmed (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from deepprune_lc.core.config import RunConfig, SamplingConfig
+from deepprune_lc.core.config import ProbeClustering, RunConfig, SamplingConfig
 from deepprune_lc.core.controllers import (
     AbortReason,
     AbortTrace,
@@ -31,6 +37,7 @@ from deepprune_lc.core.controllers import (
     FailRun,
     FlagUnreliable,
     ParkTrace,
+    ProbeTrace,
     ResumeTrace,
     RunDone,
     ScorePairs,
@@ -54,17 +61,38 @@ from deepprune_lc.core.events import (
     VoteCounted,
 )
 from deepprune_lc.core.monitors import PrefixComplete, Signal, TraceMonitor
-from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt, TraceRequest
+from deepprune_lc.core.ports import (
+    AnswerProbing,
+    GenerationBackend,
+    Judge,
+    JudgeScores,
+    Prompt,
+    TraceDelta,
+    TraceRequest,
+)
 from deepprune_lc.core.result import (
     DeepPruneResult,
     RunTotals,
     TraceReport,
 )
 
-__all__ = ["ABORT_GRACE_S", "ABORT_SLACK_TOKENS", "Driver", "iterate_events", "validate_prompt"]
+__all__ = [
+    "ABORT_GRACE_MIN_S",
+    "ABORT_GRACE_S",
+    "ABORT_GRACE_SHARE",
+    "ABORT_SLACK_TOKENS",
+    "Driver",
+    "iterate_events",
+    "validate_prompt",
+]
 
-#: How long to wait for aborted streams to end before giving up on them (they are cancelled then).
+#: The longest shutdown waits for aborted streams to end (and for abort calls to return) before it
+#: cancels them; the same bound again for the cancelled ones, then the run ends regardless.
 ABORT_GRACE_S = 10.0
+#: With a deadline the grace is this share of it (at least ``ABORT_GRACE_MIN_S``), so a 1 s
+#: deadline ends the run in about 1.25 s, not 1 s plus a fixed 10 s.
+ABORT_GRACE_SHARE = 0.25
+ABORT_GRACE_MIN_S = 0.25
 #: Tokens a stream may still deliver after its abort call before the driver closes it itself. Covers
 #: an abort that reached the backend before the request did (the backend then knows nothing of it).
 ABORT_SLACK_TOKENS = 64
@@ -79,15 +107,46 @@ def validate_prompt(prompt: Prompt) -> Prompt:
         if not prompt.strip():
             raise ValueError("prompt: must not be empty")
         return prompt
+    if not isinstance(prompt, list | tuple):
+        raise TypeError(
+            f"prompt: expected a string or a list of chat messages, got {type(prompt).__name__}"
+        )
     messages = list(prompt)
     if not messages:
         raise ValueError("prompt: must contain at least one message")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise ValueError(f"prompt[{i}]: a message needs 'role' and 'content' keys")
+        for key in ("role", "content"):
+            if not isinstance(message[key], str):
+                kind = type(message[key]).__name__
+                raise ValueError(f"prompt[{i}].{key}: expected a string, got {kind}")
     if not any(str(m["content"]).strip() for m in messages):
         raise ValueError("prompt: every message is empty")
     return messages
+
+
+def _check_probing(backend: GenerationBackend, prompt: Prompt) -> None:
+    """Probe clustering needs a backend that answers probes, here for this prompt."""
+    if not isinstance(backend, AnswerProbing):
+        raise ValueError(
+            f"probe clustering needs a backend with AnswerProbing (probe); "
+            f"{type(backend).__name__} has none"
+        )
+    records = getattr(backend, "records_probes", None)
+    if records is None:
+        return
+    try:
+        recorded = bool(records(prompt))
+    except ValueError:
+        return  # a prompt the backend does not hold: its stream says so
+    if not recorded:
+        source = getattr(getattr(backend, "pool", None), "source", type(backend).__name__)
+        raise ValueError(
+            f"probe clustering: the trace pool {source} records no answer probes for this "
+            "prompt (a text pool); use a pool with 'probes' and 'probe_every_tokens', or a "
+            "pairwise judge"
+        )
 
 
 @dataclass(slots=True)
@@ -110,6 +169,12 @@ class _TraceRun:
     prefix_tokens: int | None = None
     clustered_at_s: float | None = None
     finish_reason: str | None = None
+    #: Virtual clock (decode steps) when the current incarnation started, and the trace's tokens
+    #: then: the incarnation is at step ``clock_base + len(token_ids) - tokens_at_start``.
+    clock_base: int = 0
+    tokens_at_start: int = 0
+    #: The clock when the controller started (or resumed) the trace: its incarnation begins there.
+    started_at: int = 0
     #: The terminal event (aborted, pruned) decided but held until the trace's stream has ended,
     #: so that it carries the final token count; ``ended`` once a terminal event was sent.
     end_event: tuple[type[DeepPruneEvent], dict[str, object]] | None = None
@@ -135,6 +200,16 @@ class Driver:
         listeners: Sequence[EventListener] = (),
         policy: str | None = None,
     ) -> None:
+        settings = getattr(judge, "probe_clustering", None)
+        enable = getattr(controller, "enable_probes", None)
+        if (
+            isinstance(settings, ProbeClustering)
+            and enable is not None
+            and getattr(controller, "probe", None) is None
+        ):
+            enable(settings)  # the probe judge: cluster by probe answers, no pair calls
+        if getattr(controller, "needs_probes", False):
+            _check_probing(backend, prompt)
         if controller.needs_judge and judge is None:
             raise ValueError(f"{type(controller).__name__} needs a judge")
         if controller.n_traces != run.n_traces:
@@ -148,6 +223,8 @@ class Driver:
         self.sampling = sampling
         self.seed = run.seed
         self.deadline_s = run.deadline_s
+        self.idle_timeout_s = run.idle_timeout_s
+        self.judge_timeout_s: float | None = getattr(run, "judge_timeout_s", None)
         self.listeners = list(listeners)
         #: Exceptions raised by listeners, per listener index (logged; they never stop the run).
         self.listener_errors: dict[int, int] = {}
@@ -158,10 +235,29 @@ class Driver:
         self._done = asyncio.Event()
         self._failure: DeepPruneError | None = None
         self._aux_tasks: set[asyncio.Task[None]] = set()
+        self._judge_tasks: set[asyncio.Task[None]] = set()
+        #: Judge calls in flight: request id -> (start time, pairs), to name a judge the deadline met.
+        self._judge_inflight: dict[int, tuple[float, int]] = {}
+        self._abort_tasks: dict[str, asyncio.Task[None]] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+        #: What the result's ``error`` should say besides a failure (a hung judge, stuck aborts).
+        self._notes: list[str] = []
+        #: Requests whose abort the backend never confirmed while their stream was still open:
+        #: they may still be decoding in the engine after ``run`` returned.
+        self.unconfirmed_aborts: list[str] = []
         self._judge_calls = 0
         self._judge_pairs = 0
         self._judge_prefill = 0
         self._judge_time = 0.0
+        self._probe_calls = 0
+        self._probe_prefill = 0
+        self._probe_decoded = 0
+        self._probe_time = 0.0
+        #: Probes due on the trace being handled, run before its next delta is read.
+        self._inline_probes: list[ProbeTrace] = []
+        #: The trace whose delta, signal or end the driver is handling (its clock is "now").
+        self._current: _TraceRun | None = None
+        self._decided_at: int | None = None
 
     # ------------------------------------------------------------------------------------------
     # Public entry point
@@ -170,12 +266,16 @@ class Driver:
         self._t0 = time.perf_counter()
         completed = False
         try:
-            self._execute(self.controller.start())
+            if self.idle_timeout_s is not None:
+                self._watchdog = asyncio.get_running_loop().create_task(
+                    self._watch_idle(self.idle_timeout_s), name=f"{self.run_id}-idle-watchdog"
+                )
+            self._call_controller(self.controller.start)
             await self._wait_until_done()
             completed = self._failure is None
         finally:
             # Whatever ended the run (done, failure, cancellation), nothing may keep decoding.
-            await self._shutdown(reason="cancelled" if not completed else "finalised")
+            await self._shutdown_to_the_end(reason="cancelled" if not completed else "finalised")
         result = self._build_result()
         if self._failure is not None:
             self._report_listener_errors()
@@ -201,8 +301,22 @@ class Driver:
         try:
             await asyncio.wait_for(self._done.wait(), timeout=self.deadline_s)
         except asyncio.TimeoutError:
-            self._execute(self.controller.on_deadline())
+            now = time.perf_counter()
+            for started, pairs in self._judge_inflight.values():
+                self._notes.append(
+                    f"the deadline ({self.deadline_s} s) passed while the judge "
+                    f"{type(self.judge).__name__} had been scoring {pairs} pair(s) for "
+                    f"{now - started:.1f} s without answering"
+                )
+            self._call_controller(self.controller.on_deadline)
             await self._done.wait()
+
+    def _call_controller(self, step: Callable[[], list[Action]]) -> None:
+        """Run a controller step outside any task; what it raises fails the run (never hangs it)."""
+        try:
+            self._execute(step())
+        except Exception as exc:
+            self._fail_with(exc)
 
     # ------------------------------------------------------------------------------------------
     # Action execution (synchronous: runs inside whichever task reported the event)
@@ -212,7 +326,15 @@ class Driver:
             if isinstance(action, StartTrace):
                 self._start(action.trace_id, resume=False)
             elif isinstance(action, ScorePairs):
-                self._spawn(self._score(action))
+                self._judge_tasks.add(self._spawn(self._score(action)))
+            elif isinstance(action, ProbeTrace):
+                current = self._current
+                if current is not None and current.trace_id == action.trace_id:
+                    # Asked between two of its deltas: the probe runs before the next is read,
+                    # so it sees the trace exactly where the signal was (and a park lands there).
+                    self._inline_probes.append(action)
+                else:
+                    self._spawn(self._probe(action, inline=False))
             elif isinstance(action, ClusterTrace):
                 trace = self.traces[action.trace_id]
                 trace.clustered_at_s = self._elapsed()
@@ -245,6 +367,8 @@ class Driver:
             elif isinstance(action, FailRun):
                 self._fail(JudgeError(action.reason))
             elif isinstance(action, RunDone):
+                if self._decided_at is None:
+                    self._decided_at = self._clock()
                 self._settle_pruned()
                 self._done.set()
 
@@ -298,6 +422,9 @@ class Driver:
             trace.monitor_chosen = True
         previous = trace.task
         trace.stop_before_start = False
+        # Read when the decision is taken: a trace started after others ended (an ESC window, a
+        # resume) begins at that step, while the first wave all begins at step 0.
+        trace.started_at = self._clock()
         trace.task = asyncio.get_running_loop().create_task(
             self._guarded(
                 self._run_trace(
@@ -318,18 +445,29 @@ class Driver:
             return
         trace.abort_requested = True
         if trace.request_id is not None:
-            self._spawn(self._abort_request(trace.request_id))
+            self._spawn_abort(trace.request_id)
 
-    async def _abort_request(self, request_id: str) -> None:
+    def _spawn_abort(self, request_id: str, *, quiet: bool = False) -> None:
+        if request_id not in self._abort_tasks:
+            self._abort_tasks[request_id] = self._spawn(self._abort_request(request_id, quiet))
+
+    async def _abort_request(self, request_id: str, quiet: bool = False) -> None:
         try:
             await self.backend.abort(request_id)
         except Exception as exc:
+            if quiet:  # shutdown's own aborts: the run's outcome is already decided
+                _log.warning("run %s: aborting %s failed: %r", self.run_id, request_id, exc)
+                return
             self._fail(GenerationError(f"backend failed to abort request {request_id}: {exc!r}"))
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(self._guarded(coro))
         self._aux_tasks.add(task)
         task.add_done_callback(self._aux_tasks.discard)
+        # A task cancelled before its first step never awaits ``coro``: close it, so it is not
+        # reported as "never awaited" (a no-op for one that ran).
+        task.add_done_callback(lambda _: coro.close())
+        return task
 
     async def _guarded(self, coro: Coroutine[object, object, None]) -> None:
         """Run a trace or helper task; a bug in it fails the run loudly instead of hanging it.
@@ -342,9 +480,52 @@ class Driver:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._fail_with(exc)
+
+    def _fail_with(self, exc: Exception) -> None:
+        """Fail the run with what a step raised: a ``DeepPruneError`` as it is (a user's answer
+        rule that raised, say), anything else as an internal error of the driver."""
+        if isinstance(exc, DeepPruneError):
+            self._fail(exc)
+        else:
             self._fail(
                 DeepPruneError(f"internal error in the DeepPrune driver: {exc!r}"), cause=exc
             )
+
+    async def _watch_idle(self, timeout: float) -> None:
+        """Fail the run when a trace's open stream delivers nothing for ``timeout`` seconds.
+
+        Polls instead of timing every delta: the per-delta path stays what it is, and a stall is
+        caught within ``timeout`` plus one poll interval (a quarter of it, at most 5 s).
+        """
+        interval = min(max(timeout / 4, 0.005), 5.0)
+        seen: dict[int, tuple[int, int, float]] = {}  # trace -> (incarnation, deltas, since)
+        while not self._done.is_set():
+            await asyncio.sleep(interval)
+            now = time.perf_counter()
+            stalled: list[tuple[_TraceRun, asyncio.Task[None], float]] = []
+            for trace in self.traces:
+                if not trace.stream_open or trace.task is None or trace.task.done():
+                    seen.pop(trace.trace_id, None)
+                    continue
+                last = seen.get(trace.trace_id)
+                if last is None or last[:2] != (trace.incarnation, len(trace.chunks)):
+                    seen[trace.trace_id] = (trace.incarnation, len(trace.chunks), now)
+                elif now - last[2] >= timeout:
+                    stalled.append((trace, trace.task, now - last[2]))
+            if stalled:
+                trace, _, idle = stalled[0]
+                others = f" (and trace(s) {', '.join(str(t.trace_id) for t, _, _ in stalled[1:])})"
+                self._fail(
+                    GenerationError(
+                        f"trace {trace.trace_id} stalled: its stream delivered nothing for "
+                        f"{idle:.1f} s (idle_timeout_s={timeout}) after {len(trace.token_ids)} "
+                        f"tokens{others if len(stalled) > 1 else ''}"
+                    )
+                )
+                for _, task, _ in stalled:
+                    task.cancel()  # a stalled stream will not answer an abort either
+                return
 
     # ------------------------------------------------------------------------------------------
     # Streams
@@ -365,6 +546,8 @@ class Driver:
             trace.stop_before_start = False
             return
         resume_ids = tuple(trace.token_ids) if resume else ()
+        trace.clock_base = trace.started_at
+        trace.tokens_at_start = len(trace.token_ids)
         trace.incarnation += 1
         trace.request_id = f"{self.run_id}-t{trace.trace_id}-{trace.incarnation}"
         trace.abort_requested = False
@@ -389,8 +572,10 @@ class Driver:
         )
         trace.stream_open = True
         finish_reason: str | None = None
-        stream = self.backend.stream(request)
+        stream: AsyncIterator[TraceDelta] | None = None
         try:
+            # Inside the try: a backend whose stream() raises at once fails like a failed request.
+            stream = self.backend.stream(request)
             # Hot path: one iteration per delta. Keep it to appends, one counter, one check.
             ids_extend = trace.token_ids.extend
             chunks_append = trace.chunks.append
@@ -417,6 +602,8 @@ class Driver:
                         monitor = None
                     if signals:
                         self._on_signals(trace, signals)
+                        if self._inline_probes:
+                            await self._run_inline_probes()
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                     break
@@ -434,7 +621,7 @@ class Driver:
             self._fail(GenerationError(f"trace {trace.trace_id} {where}: {exc!r}"), cause=exc)
             return
         finally:
-            aclose = getattr(stream, "aclose", None)
+            aclose = getattr(stream, "aclose", None) if stream is not None else None
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
@@ -442,6 +629,13 @@ class Driver:
         self._on_stream_end(trace, finish_reason)
 
     def _on_signals(self, trace: _TraceRun, signals: Sequence[Signal]) -> None:
+        self._current = trace
+        try:
+            self._handle_signals(trace, signals)
+        finally:
+            self._current = None
+
+    def _handle_signals(self, trace: _TraceRun, signals: Sequence[Signal]) -> None:
         for signal in signals:
             if isinstance(signal, PrefixComplete):
                 trace.prefix_tokens = signal.tokens
@@ -454,13 +648,20 @@ class Driver:
             self._execute(self.controller.on_signal(trace.trace_id, signal))
 
     def _on_stream_end(self, trace: _TraceRun, finish_reason: str | None) -> None:
+        self._current = trace
+        try:
+            self._handle_stream_end(trace, finish_reason)
+        finally:
+            self._current = None
+
+    def _handle_stream_end(self, trace: _TraceRun, finish_reason: str | None) -> None:
         if finish_reason == "abort" or (finish_reason is None and trace.abort_requested):
             if not trace.abort_requested:
                 self._fail(GenerationError(f"backend aborted trace {trace.trace_id} on its own"))
             return
         trace.finish_reason = finish_reason or "stop"
         if trace.monitor is not None and trace.monitor.active:
-            self._on_signals(trace, trace.monitor.close())
+            self._handle_signals(trace, trace.monitor.close())
         actions = self.controller.on_finished(trace.trace_id, trace.text, trace.finish_reason)
         if self.controller.trace_view(trace.trace_id).status == "finished":
             trace.ended = True
@@ -475,33 +676,104 @@ class Driver:
         self._execute(actions)
 
     # ------------------------------------------------------------------------------------------
-    # Judge
+    # Probes
 
-    async def _score(self, action: ScorePairs) -> None:
-        assert self.judge is not None
+    async def _run_inline_probes(self) -> None:
+        while self._inline_probes:
+            await self._probe(self._inline_probes.pop(0), inline=True)
+
+    async def _probe(self, action: ProbeTrace, *, inline: bool) -> None:
+        """Ask the backend for the trace's answer now and tell the controller what it said."""
+        trace = self.traces[action.trace_id]
+        on_probed = getattr(self.controller, "on_probed", None)
+        on_failed = getattr(self.controller, "on_probe_failed", None)
+        if on_probed is None or on_failed is None:
+            raise TypeError(f"{type(self.controller).__name__} asked for a probe it cannot take")
+        request_id = trace.request_id
+        if request_id is None or not trace.stream_open or trace.abort_requested:
+            # It stopped before the probe ran: nothing to ask, its answer is unknown.
+            self._execute_for(trace, on_probed(trace.trace_id, unknown=True), inline)
+            return
+        backend = self.backend
+        assert isinstance(backend, AnswerProbing)
         started = time.perf_counter()
         try:
-            scores = await self.judge.score(action.pairs)
+            reply = await backend.probe(request_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._probe_calls += 1
+            self._probe_time += time.perf_counter() - started
+            self._execute_for(trace, on_failed(trace.trace_id, repr(exc)), inline)
+            return
+        self._probe_calls += 1
+        self._probe_prefill += int(reply.prefill_tokens)
+        self._probe_decoded += int(reply.decoded_tokens)
+        self._probe_time += time.perf_counter() - started
+        actions = on_probed(
+            trace.trace_id, text=reply.text, answer=reply.answer, unknown=reply.unknown
+        )
+        self._execute_for(trace, actions, inline)
+
+    def _execute_for(self, trace: _TraceRun, actions: list[Action], inline: bool) -> None:
+        """Execute with ``trace`` as "now" when it runs between that trace's deltas."""
+        if not inline:
+            self._execute(actions)
+            return
+        self._current = trace
+        try:
+            self._execute(actions)
+        finally:
+            self._current = None
+
+    # ------------------------------------------------------------------------------------------
+    # Judge
+
+    async def _score(self, action: ScorePairs) -> None:
+        """One judge call: bounded by ``judge_timeout_s`` and checked before the controller sees it.
+
+        A judge that raises, hangs or answers something that is not one probability in [0, 1] per
+        pair (a plain list, ``JudgeScores(None)``, NaN, a wrong count, a NaN token count) is a
+        judge failure, named after the judge, and ``on_judge_error`` decides what follows.
+        """
+        assert self.judge is not None
+        name = type(self.judge).__name__
+        started = time.perf_counter()
+        self._judge_inflight[action.request_id] = (started, len(action.pairs))
+        try:
+            try:  # a score() that raises at once fails like any judge error
+                answer = self.judge.score(action.pairs)
+            except Exception as exc:
+                raise _JudgeFault(f"judge {name} raised {exc!r}") from exc
+            raw, expired = await _bounded(answer, self.judge_timeout_s)
+            if expired:
+                raise _JudgeFault(
+                    f"judge {name} did not answer within {self.judge_timeout_s} s "
+                    f"(judge_timeout_s) for {len(action.pairs)} pair(s)"
+                )
+            if isinstance(raw, Exception):
+                raise _JudgeFault(f"judge {name} raised {raw!r}") from raw
+            probabilities, prefill = _read_scores(raw, len(action.pairs), name)
+        except _JudgeFault as fault:
             self._judge_calls += 1
             self._judge_time += time.perf_counter() - started
-            self._execute(self.controller.on_judge_failed(action.request_id, repr(exc)))
+            self._execute(self.controller.on_judge_failed(action.request_id, str(fault)))
             return
+        finally:
+            self._judge_inflight.pop(action.request_id, None)
         seconds = time.perf_counter() - started
         self._judge_calls += 1
         self._judge_pairs += len(action.pairs)
-        self._judge_prefill += int(scores.prefill_tokens)
+        self._judge_prefill += prefill
         self._judge_time += seconds
         self._emit(
             JudgeScored,
             trace_ids=list(action.trace_ids),
             pairs=len(action.pairs),
-            prefill_tokens=int(scores.prefill_tokens),
+            prefill_tokens=prefill,
             seconds=seconds,
         )
-        self._execute(self.controller.on_judged(action.request_id, list(scores.probabilities)))
+        self._execute(self.controller.on_judged(action.request_id, probabilities))
 
     # ------------------------------------------------------------------------------------------
     # Failure and shutdown
@@ -525,23 +797,87 @@ class Driver:
             for trace in self.traces:
                 self._stop(trace.trace_id)
 
+    async def _shutdown_to_the_end(self, reason: AbortReason) -> None:
+        """``_shutdown``, finished even when the caller cancels the run again meanwhile.
+
+        A cancellation that interrupted shutdown would leave streams open and tasks pending; the
+        shutdown is bounded (see ``_abort_grace``), so it is safe to see it through, then re-raise.
+        """
+        shutdown = asyncio.get_running_loop().create_task(self._shutdown(reason))
+        interrupted = False
+        while not shutdown.done():
+            try:
+                await asyncio.shield(shutdown)
+            except asyncio.CancelledError:
+                interrupted = True
+        if interrupted:
+            raise asyncio.CancelledError
+        shutdown.result()
+
+    def _abort_grace(self) -> float:
+        """How long shutdown waits for aborted streams: a share of the deadline, never longer
+        than the idle timeout (a stream silent that long has stalled anyway) or ``ABORT_GRACE_S``."""
+        grace = ABORT_GRACE_S
+        if self.deadline_s is not None:
+            grace = min(grace, max(ABORT_GRACE_MIN_S, ABORT_GRACE_SHARE * self.deadline_s))
+        if self.idle_timeout_s is not None:
+            grace = min(grace, self.idle_timeout_s)
+        return grace
+
+    def _open_requests(self) -> set[str]:
+        return {t.request_id for t in self.traces if t.stream_open and t.request_id is not None}
+
     async def _shutdown(self, reason: AbortReason) -> None:
-        """Abort every request still open, then wait for (or cancel) every task we started."""
+        """Abort every request still open, then wait for (or cancel) every task we started.
+
+        Every wait is bounded by the grace: a stream that ignores its abort, an abort call that
+        never returns and a task that ignores cancellation cannot keep the run from ending.
+        """
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if not self.controller.done:
             self._abort_everything(reason)
+        for task in self._judge_tasks:
+            task.cancel()  # the run is decided: no verdict can change it any more
+        for request_id, task in self._abort_tasks.items():
+            if request_id not in self._open_requests():
+                task.cancel()  # its stream ended already: the abort has nothing left to stop
         for trace in self.traces:
             if trace.stream_open and trace.request_id is not None:
                 trace.abort_requested = True
-                with contextlib.suppress(Exception):
-                    await self.backend.abort(trace.request_id)
+                self._spawn_abort(trace.request_id, quiet=True)
+        grace = self._abort_grace()
         tasks = [t.task for t in self.traces if t.task is not None and not t.task.done()]
         tasks += [t for t in self._aux_tasks if not t.done() and t is not asyncio.current_task()]
+        if self._watchdog is not None and not self._watchdog.done():
+            tasks.append(self._watchdog)
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=ABORT_GRACE_S)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            still_open = self._open_requests()
+            self.unconfirmed_aborts = sorted(
+                request_id
+                for request_id, task in self._abort_tasks.items()
+                if task in pending and request_id in still_open
+            )
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                _, stuck = await asyncio.wait(pending, timeout=grace)
+                if stuck:
+                    _log.warning(
+                        "run %s: %d task(s) ignored cancellation for %.2f s; the run ends anyway",
+                        self.run_id,
+                        len(stuck),
+                        grace,
+                    )
+        if self.unconfirmed_aborts:
+            ids = ", ".join(self.unconfirmed_aborts)
+            note = (
+                f"the backend did not confirm aborting {ids} within {grace:.2f} s; "
+                "those requests may still run in the engine"
+            )
+            self._notes.append(note)
+            _log.warning("run %s: %s", self.run_id, note)
         # Every stream has ended: terminal events still held (cancelled tasks) go out, final.
         self._settle_pruned()
         for trace in self.traces:
@@ -549,6 +885,24 @@ class Driver:
 
     # ------------------------------------------------------------------------------------------
     # Events and results
+
+    def _clock(self) -> int:
+        """Decode steps so far (docs/method.md, "Latency").
+
+        The trace being handled defines "now" (its own position; in lockstep every running trace
+        is there too, give or take one delta); otherwise the furthest incarnation's position.
+        """
+        current = self._current
+        if current is not None:
+            return current.clock_base + len(current.token_ids) - current.tokens_at_start
+        return max(
+            (
+                t.clock_base + len(t.token_ids) - t.tokens_at_start
+                for t in self.traces
+                if t.incarnation
+            ),
+            default=0,
+        )
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0
@@ -617,6 +971,16 @@ class Driver:
                 )
             )
         decoded = sum(len(t.token_ids) for t in self.traces)
+        capped = sum(1 for t in self.traces if t.finish_reason == "length")
+        if capped:
+            _log.warning(
+                "run %s: %d of %d traces ended on the token budget (max_tokens=%d) and were cut "
+                "short; their answers may be missing",
+                self.run_id,
+                capped,
+                controller.n_traces,
+                self.sampling.max_tokens,
+            )
         estimated = (
             controller.n_traces * sum(finished_lengths) / len(finished_lengths)
             if finished_lengths
@@ -637,13 +1001,21 @@ class Driver:
             judge_pairs=self._judge_pairs,
             judge_prefill_tokens=self._judge_prefill,
             judge_time_s=self._judge_time,
+            probe_calls=self._probe_calls,
+            probe_prefill_tokens=self._probe_prefill,
+            probe_decoded_tokens=self._probe_decoded,
+            probe_time_s=self._probe_time,
             wall_time_s=self._elapsed(),
+            latency_tokens=self._decided_at if self._decided_at is not None else self._clock(),
+            length_capped=capped,
         )
         winner = outcome.winning_trace if outcome else None
         fallback = outcome.fallback if outcome else None
         error = str(self._failure) if self._failure else None
         if controller.fallback_detail:
             error = error or f"judge error: {controller.fallback_detail}"
+        if self._notes:
+            error = "; ".join([error, *self._notes] if error else self._notes)
         return DeepPruneResult(
             method=controller.method,
             policy=self.policy,
@@ -658,6 +1030,71 @@ class Driver:
             error=error,
             judge_unreliable=outcome.judge_unreliable if outcome else None,
         )
+
+
+async def _bounded(awaitable: Any, timeout: float | None) -> tuple[object, bool]:
+    """Await ``awaitable`` for at most ``timeout`` seconds: ``(its result or exception, expired)``.
+
+    Awaited in the calling task (``asyncio.timeout``), not in a task of its own: a new task would
+    add event-loop turns between a judge request and its verdict, and on replay, where time is
+    loop turns, that would change which traces get pruned. An exception the awaitable raises is
+    returned, not raised (a ``TimeoutError`` of its own included), so the caller can tell it from
+    the timeout expiring; cancellation of the caller propagates.
+    """
+    if sys.version_info < (3, 11):  # pragma: no cover - no asyncio.timeout before 3.11
+        try:
+            return await asyncio.wait_for(awaitable, timeout), False
+        except asyncio.TimeoutError:
+            return None, True
+        except Exception as exc:
+            return exc, False
+    timer = asyncio.timeout(timeout)
+    try:
+        async with timer:
+            return await awaitable, False
+    except TimeoutError as exc:
+        if timer.expired():
+            return None, True
+        return exc, False
+    except Exception as exc:
+        return exc, False
+
+
+class _JudgeFault(Exception):
+    """A judge call that did not give a usable answer (the reason names the judge)."""
+
+
+def _read_scores(raw: object, n_pairs: int, name: str) -> tuple[list[float], int]:
+    """The probabilities and prefill count of a judge's answer, or ``_JudgeFault`` saying why not."""
+    if not isinstance(raw, JudgeScores):
+        raise _JudgeFault(f"judge {name} returned {type(raw).__name__}, not JudgeScores")
+    given = raw.probabilities
+    if given is None or isinstance(given, str | bytes):
+        raise _JudgeFault(f"judge {name} returned probabilities={given!r}, not a sequence")
+    try:
+        values = [float(p) for p in _as_iterable(given)]
+    except (TypeError, ValueError) as exc:
+        raise _JudgeFault(f"judge {name} returned a score that is not a number: {exc}") from exc
+    if len(values) != n_pairs:
+        raise _JudgeFault(f"judge {name} returned {len(values)} scores for {n_pairs} pairs")
+    for value in values:
+        if not 0.0 <= value <= 1.0:  # also NaN, which fails every comparison
+            raise _JudgeFault(f"judge {name} returned {value!r}, not a probability in [0, 1]")
+    try:
+        prefill = float(raw.prefill_tokens)
+    except (TypeError, ValueError):
+        prefill = math.nan
+    if not (prefill >= 0 and math.isfinite(prefill)):
+        raise _JudgeFault(
+            f"judge {name} returned prefill_tokens={raw.prefill_tokens!r}, not a count >= 0"
+        )
+    return values, int(prefill)
+
+
+def _as_iterable(values: object) -> Iterable[Any]:
+    if not isinstance(values, Iterable):
+        raise TypeError(f"{type(values).__name__} is not a sequence")
+    return values
 
 
 async def iterate_events(

@@ -14,12 +14,14 @@ from pydantic import ValidationError
 
 from deepprune_lc.backends.pool import load_trace_pool
 from deepprune_lc.backends.replay import ReplayBackend
+from deepprune_lc.core.config import ProbeClustering
 from deepprune_lc.core.specs import Spec, SpecError
 from deepprune_lc.demo import load_demo_pool
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
+from deepprune_lc.judges.probe import ProbeJudge
 from deepprune_lc.runtime.registry import factory_check
 
-__all__ = ["check_replay_spec", "lexical_judge", "replay_backend"]
+__all__ = ["check_replay_spec", "lexical_judge", "probe_judge", "replay_backend"]
 
 
 def check_replay_spec(spec: Spec) -> None:
@@ -78,3 +80,35 @@ def lexical_judge(spec: Spec) -> LexicalJudge:
         )
         raise SpecError(f"judge {spec.raw!r}: {problems}") from exc
     return LexicalJudge(config)
+
+
+def check_probe_spec(spec: Spec) -> None:
+    """``probe``'s spec check: no argument; options are ``ProbeClustering`` fields."""
+    _probe_settings(spec)
+
+
+def _probe_settings(spec: Spec) -> ProbeClustering:
+    if spec.arg:
+        raise SpecError(
+            f"judge {spec.raw!r}: 'probe' takes no argument; set its settings as options, "
+            "e.g. 'probe?at_tokens=1000&unknown=together'"
+        )
+    spec.check_options(ProbeClustering.model_fields)
+    try:
+        return ProbeClustering.model_validate(dict(spec.options))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise SpecError(f"judge {spec.raw!r}: {problems}") from exc
+
+
+@factory_check(check_probe_spec)
+def probe_judge(spec: Spec) -> ProbeJudge:
+    """``probe``, optionally with ``ProbeClustering`` fields: ``probe?at_tokens=1000``.
+
+    Clusters traces by their answer probes (``AnswerProbing``) instead of pairwise judge calls;
+    needs a backend that answers probes (replay of a pool with recorded probes, or an engine).
+    """
+    return ProbeJudge(_probe_settings(spec))

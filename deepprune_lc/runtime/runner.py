@@ -1,4 +1,5 @@
-"""Public entry points: ``DeepPrune`` and the baselines it is measured against.
+"""Public entry points: ``DeepPrune`` and the baselines it is measured against (cons@N, ESC,
+Adaptive-Consistency).
 
 Each is a thin, reusable object holding a backend, a judge and validated configs. Every ``run`` builds
 a fresh controller and driver, so one instance serves many questions, sequentially or concurrently.
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from deepprune_lc.core.answers import AnswerRules
 from deepprune_lc.core.config import (
+    DEFAULT_IDLE_TIMEOUT_S,
     EarlyStoppingConfig,
     PruningConfig,
     RunConfig,
@@ -18,17 +20,21 @@ from deepprune_lc.core.config import (
     VoteSettling,
 )
 from deepprune_lc.core.controllers import (
+    AdaptiveConsistencyConfig,
+    AdaptiveConsistencyController,
     ControllerProtocol,
     DeepPruneController,
     EarlyStoppingController,
     SelfConsistencyController,
 )
+from deepprune_lc.core.errors import AnswerRulesError
 from deepprune_lc.core.events import DeepPruneEvent, EventListener
 from deepprune_lc.core.ports import GenerationBackend, Judge, Prompt, TraceCapacity
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.runtime.driver import Driver, iterate_events, validate_prompt
 
 __all__ = [
+    "AdaptiveConsistency",
     "DeepPrune",
     "EarlyStoppingSelfConsistency",
     "SelfConsistency",
@@ -42,6 +48,42 @@ def _require_backend(backend: object) -> GenerationBackend:
             "(stream, abort, count_prompt_tokens)"
         )
     return backend
+
+
+def guarded_rules(rules: AnswerRules) -> AnswerRules:
+    """``rules`` whose ``extract`` / ``equivalent`` raise ``AnswerRulesError`` when they fail.
+
+    User rules run inside the controller's steps; an exception from one would otherwise read as an
+    internal error of the driver. The error names the rule, what it was given and what it raised,
+    and the run fails with its partial result. An ``extract`` that returns something other than a
+    string or None fails the same way (the vote compares strings).
+    """
+    extract, equivalent, name = rules.extract, rules.equivalent, rules.name
+
+    def checked_extract(text: str) -> str | None:
+        try:
+            answer = extract(text)
+        except Exception as exc:
+            raise AnswerRulesError(
+                f"answer rules {name!r}: extract raised {exc!r} on a trace of {len(text)} chars"
+            ) from exc
+        if answer is not None and not isinstance(answer, str):
+            raise AnswerRulesError(
+                f"answer rules {name!r}: extract returned {type(answer).__name__} "
+                f"{answer!r:.80}, expected a string or None"
+            )
+        return answer
+
+    def checked_equivalent(a: str, b: str) -> bool:
+        try:
+            return bool(equivalent(a, b))
+        except Exception as exc:
+            raise AnswerRulesError(
+                f"answer rules {name!r}: equivalent raised {exc!r} comparing {a!r:.80} "
+                f"and {b!r:.80}"
+            ) from exc
+
+    return AnswerRules(extract=checked_extract, equivalent=checked_equivalent, name=name)
 
 
 class _ParallelRunner:
@@ -119,7 +161,7 @@ class DeepPrune(_ParallelRunner):
 
     def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
         config = fit_n_traces(self.config, self.backend, prompt)
-        controller = DeepPruneController(config, self.answers)
+        controller = DeepPruneController(config, guarded_rules(self.answers))
         return Driver(
             self.backend,
             self.judge,
@@ -149,17 +191,25 @@ class SelfConsistency(_ParallelRunner):
         seed: int = 0,
         deadline_s: float | None = None,
         settle: VoteSettling | None = None,
+        idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         super().__init__(backend, sampling=sampling, answers=answers)
+        self.idle_timeout_s = idle_timeout_s
         self.run_config = self._run_config(n_traces, seed, deadline_s)
         self.n_traces, self.seed, self.deadline_s = n_traces, seed, deadline_s
         self.settle = settle
 
     def _run_config(self, n_traces: int, seed: int, deadline_s: float | None) -> RunConfig:
-        return RunConfig(n_traces=n_traces, seed=seed, deadline_s=deadline_s)
+        return RunConfig(
+            n_traces=n_traces,
+            seed=seed,
+            deadline_s=deadline_s,
+            idle_timeout_s=self.idle_timeout_s,
+        )
 
     def _controller(self) -> ControllerProtocol:
-        return SelfConsistencyController(self.n_traces, self.answers, settle=self.settle)
+        rules = guarded_rules(self.answers)
+        return SelfConsistencyController(self.n_traces, rules, settle=self.settle)
 
     def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
         return Driver(
@@ -198,4 +248,34 @@ class EarlyStoppingSelfConsistency(SelfConsistency):
         return self.esc_config
 
     def _controller(self) -> ControllerProtocol:
-        return EarlyStoppingController(self.esc_config, self.answers)
+        return EarlyStoppingController(self.esc_config, guarded_rules(self.answers))
+
+
+class AdaptiveConsistency(SelfConsistency):
+    """Baseline Adaptive-Consistency (Aggarwal et al., 2023): batches of ``batch`` traces, stop once
+    a Beta posterior says the leading answer is the majority with probability >= ``confidence``.
+    """
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        config: AdaptiveConsistencyConfig | None = None,
+        *,
+        sampling: SamplingConfig | None = None,
+        answers: AnswerRules | str | None = None,
+    ) -> None:
+        self.ac_config = config if config is not None else AdaptiveConsistencyConfig()
+        super().__init__(
+            backend,
+            self.ac_config.n_traces,
+            sampling=sampling,
+            answers=answers,
+            seed=self.ac_config.seed,
+            deadline_s=self.ac_config.deadline_s,
+        )
+
+    def _run_config(self, n_traces: int, seed: int, deadline_s: float | None) -> RunConfig:
+        return self.ac_config
+
+    def _controller(self) -> ControllerProtocol:
+        return AdaptiveConsistencyController(self.ac_config, guarded_rules(self.answers))

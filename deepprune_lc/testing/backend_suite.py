@@ -7,7 +7,11 @@ exactly the tokens produced (up to a declared engine slack); a resumed trace con
 and its resumed tokens count toward ``max_tokens``; a stream closed or cancelled early leaves no
 request behind; many streams run at once without disturbing each other; stop strings end the text
 right before the stop string, as vLLM and OpenAI do (``deepprune_lc.backends.stops`` says what the
-ids of the final delta hold), also for a trace parked and resumed. Written once here, in the
+ids of the final delta hold), also for a trace parked and resumed. A backend that answers probes
+(``AnswerProbing``) is also held to that contract: a probe of a running trace reports what it saw
+and cost, and the trace then completes token-exact with the same trace left unprobed; an unknown
+id raises ``KeyError``; nothing is left live (the probe tests are skipped, with the reason, for a
+backend that does not probe). Written once here, in the
 style of langchain-tests' ``ChatModelIntegrationTests``, a backend's test module inherits it::
 
     from deepprune_lc.testing import BackendConformanceTests
@@ -44,7 +48,14 @@ from typing import cast
 import pytest
 
 from deepprune_lc.core.config import SamplingConfig
-from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
+from deepprune_lc.core.ports import (
+    AnswerProbing,
+    GenerationBackend,
+    ProbeReply,
+    Prompt,
+    TraceDelta,
+    TraceRequest,
+)
 
 __all__ = ["FINISH_REASONS", "BackendConformanceTests", "StopPick", "StreamRecord"]
 
@@ -259,6 +270,24 @@ class BackendConformanceTests:
         another process may take a moment to forget a request.
         """
         return 0.0
+
+    @property
+    def probe_sees_every_token(self) -> bool:
+        """Whether a probe sees at least the tokens its trace's stream had delivered when it was
+        asked (an engine probes the ids it holds; a replay of probes recorded at fixed offsets
+        answers from the latest offset reached, which may lie before them)."""
+        return True
+
+    @property
+    def probes_on_this_prompt(self) -> bool:
+        """Whether the backend can probe the suite's traces (a replay of text traces records no
+        probes; its text-free pools are probed instead). False skips the probe tests."""
+        return True
+
+    @property
+    def probe_max_tokens(self) -> int:
+        """``max_tokens`` of the suite's probes."""
+        return 8
 
     def live_requests(self, backend: GenerationBackend) -> set[str] | None:
         """The ids the backend still holds, read from its own state; None when it cannot tell.
@@ -616,6 +645,96 @@ class BackendConformanceTests:
             assert (len(record.ids), record.finish_reason) == (length, "length")
         await self.assert_nothing_live(backend)
 
+    # ------------------------------------------------------------------ answer probes
+
+    def probing(self, backend: GenerationBackend) -> AnswerProbing:
+        """The backend as an ``AnswerProbing``; the test is skipped when it is not one."""
+        if not isinstance(backend, AnswerProbing):
+            pytest.skip(f"{type(backend).__name__} does not answer probes (no AnswerProbing)")
+        if not self.probes_on_this_prompt:
+            pytest.skip(f"{type(backend).__name__} cannot probe the suite's traces")
+        return backend
+
+    def check_probe_reply(
+        self, reply: ProbeReply, *, delivered: int, total: int, max_tokens: int
+    ) -> None:
+        """What any probe reply must hold, whatever the model says (a tiny model says noise)."""
+        assert isinstance(reply, ProbeReply), type(reply).__name__
+        assert isinstance(reply.text, str)
+        assert reply.answer is None or isinstance(reply.answer, str)
+        low = delivered if self.probe_sees_every_token else 0
+        assert low <= reply.at_tokens <= total, (delivered, reply.at_tokens, total)
+        assert 0 <= reply.decoded_tokens <= max_tokens, reply.decoded_tokens
+        assert reply.prefill_tokens >= 0 and reply.seconds >= 0.0
+        if reply.prefill_tokens:  # a model ran: it read the prompt, the trace and the suffix
+            assert reply.prefill_tokens > reply.at_tokens, (reply.prefill_tokens, reply.at_tokens)
+
+    @pytest.mark.parametrize("mode", ["greedy", "sampled"])
+    async def test_a_probed_trace_completes_token_exact(
+        self, backend: GenerationBackend, mode: str
+    ) -> None:
+        """Probed twice mid-stream, a trace produces exactly the ids of the same trace unprobed."""
+        probing = self.probing(backend)
+        greedy, total, budget = mode == "greedy", self.resume_total_tokens, self.probe_max_tokens
+        reference = await self.consume(
+            backend, self.make_request(max_tokens=total, greedy=greedy, seed=13)
+        )
+        assert reference.finish_reason == "length" and len(reference.ids) == total
+        request = self.make_request(max_tokens=total, greedy=greedy, seed=13)
+        record = StreamRecord(request.request_id)
+        points = (2, total // 2)
+        replies: list[ProbeReply] = []
+        async with contextlib.aclosing(_generator(backend.stream(request))) as stream:
+            async for delta in stream:
+                record.add(delta)
+                due = len(replies) < len(points) and len(record.ids) >= points[len(replies)]
+                if record.finish_reason is None and due:
+                    delivered = len(record.ids)
+                    reply = await asyncio.wait_for(
+                        probing.probe(request.request_id, max_tokens=budget), _WAIT_S
+                    )
+                    self.check_probe_reply(
+                        reply, delivered=delivered, total=total, max_tokens=budget
+                    )
+                    replies.append(reply)
+        record.check_finished()
+        assert len(replies) == len(points)
+        assert replies[0].at_tokens <= replies[1].at_tokens
+        # The probes left the trace alone: the same ids, text and end as never probed.
+        assert record.ids == reference.ids
+        assert record.text == reference.text
+        assert record.finish_reason == reference.finish_reason
+        self.assert_gone_now(backend, request.request_id)
+        await self.assert_nothing_live(backend)
+
+    async def test_a_probe_with_its_own_suffix_and_budget(self, backend: GenerationBackend) -> None:
+        probing = self.probing(backend)
+        total = self.resume_total_tokens
+        request = self.make_request(max_tokens=total, greedy=True)
+        record = StreamRecord(request.request_id)
+        reply: ProbeReply | None = None
+        async with contextlib.aclosing(_generator(backend.stream(request))) as stream:
+            async for delta in stream:
+                record.add(delta)
+                if reply is None and record.finish_reason is None and len(record.ids) >= 3:
+                    reply = await asyncio.wait_for(
+                        probing.probe(request.request_id, suffix=" The answer is", max_tokens=1),
+                        _WAIT_S,
+                    )
+        record.check_finished()
+        assert reply is not None
+        self.check_probe_reply(reply, delivered=3, total=total, max_tokens=1)
+        assert record.finish_reason == "length" and len(record.ids) == total
+        await self.assert_nothing_live(backend)
+
+    async def test_probing_an_unknown_request_raises_key_error(
+        self, backend: GenerationBackend
+    ) -> None:
+        probing = self.probing(backend)
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(probing.probe(f"never-started-{uuid.uuid4().hex}"), _WAIT_S)
+        await self.assert_nothing_live(backend)
+
     # ------------------------------------------------------------------ stop strings
 
     async def stop_reference(self, backend: GenerationBackend) -> StreamRecord:
@@ -624,8 +743,36 @@ class BackendConformanceTests:
             backend, self.make_request(max_tokens=self.stop_strings_max_tokens, greedy=True)
         )
 
+    async def reference_and_stop(
+        self, backend: GenerationBackend, *, mid_token: bool, attempts: int = 3
+    ) -> tuple[StreamRecord, StopPick]:
+        """A greedy reference and a stop string picked from it (``pick_stop``).
+
+        Tried up to ``attempts`` times: a backend behind an HTTP server may merge a lagging
+        client's deltas into multi-token chunks, and a reference merged throughout has no three
+        single-token deltas to pick from; the next greedy run is the same text, streamed afresh.
+        """
+        for _ in range(attempts - 1):
+            reference = await self.stop_reference(backend)
+            pick = self.find_stop(reference, mid_token=mid_token)
+            if pick is not None:
+                return reference, pick
+        reference = await self.stop_reference(backend)
+        return reference, self.pick_stop(reference, mid_token=mid_token)
+
     def pick_stop(self, reference: StreamRecord, *, mid_token: bool) -> StopPick:
-        """A stop string spanning three tokens of ``reference`` (first found where it starts).
+        """``find_stop``, failing with the reference text when there is nothing to pick."""
+        pick = self.find_stop(reference, mid_token=mid_token)
+        if pick is None:
+            raise AssertionError(
+                "no stop string could be picked from the reference text (override "
+                f"stop_strings_backend or prompt): {reference.text!r}"
+            )
+        return pick
+
+    def find_stop(self, reference: StreamRecord, *, mid_token: bool) -> StopPick | None:
+        """A stop string spanning three single-token deltas of ``reference`` (first found where it
+        starts, past the first ``abort_slack_tokens + 3`` tokens), or None.
 
         ``mid_token``: the stop string ends after the first character of its third token, so the
         token that completes it has text after the stop string (dropped with it).
@@ -633,7 +780,11 @@ class BackendConformanceTests:
         deltas = reference.deltas
         offsets = list(itertools.accumulate((len(d.text) for d in deltas), initial=0))
         id_counts = list(itertools.accumulate((len(d.token_ids) for d in deltas), initial=0))
-        for k in range(self.abort_slack_tokens + 3, len(deltas) - 3):
+        for k in range(len(deltas) - 3):
+            if id_counts[k] < self.abort_slack_tokens + 3:
+                continue
+            if any(len(deltas[k + i].token_ids) != 1 for i in range(3)):
+                continue  # a merged chunk: which of its tokens completes a stop is not visible
             a, b, c = (deltas[k + i].text for i in range(3))
             if not (a and b and c) or (mid_token and len(c) < 2):
                 continue
@@ -647,18 +798,14 @@ class BackendConformanceTests:
                 final_ids=list(deltas[k + 2].token_ids),
                 first_token=id_counts[k],
             )
-        raise AssertionError(
-            "no stop string could be picked from the reference text (override "
-            f"stop_strings_backend or prompt): {reference.text!r}"
-        )
+        return None
 
     @pytest.mark.parametrize("where", ["token-boundary", "mid-token"])
     async def test_stop_strings_end_the_text_right_before_the_stop_string(
         self, stop_strings_backend: GenerationBackend, where: str
     ) -> None:
         backend = stop_strings_backend
-        reference = await self.stop_reference(backend)
-        pick = self.pick_stop(reference, mid_token=where == "mid-token")
+        reference, pick = await self.reference_and_stop(backend, mid_token=where == "mid-token")
         # Listed first but completing later (it ends one character after the picked one): the
         # stop string that completes first wins, whatever the order of the list.
         later = reference.text[len(pick.text) + 1 : len(pick.text) + len(pick.stop) + 1]
@@ -681,8 +828,7 @@ class BackendConformanceTests:
         self, stop_strings_backend: GenerationBackend
     ) -> None:
         backend = stop_strings_backend
-        reference = await self.stop_reference(backend)
-        pick = self.pick_stop(reference, mid_token=False)
+        reference, pick = await self.reference_and_stop(backend, mid_token=False)
         # Each begins like the text (a stretch mid-way, and the very end) and then never matches:
         # what was held back while it might have is released, mid-stream and at the end.
         stops = (pick.stop[:-1] + "\x00", reference.text[-3:] + "\x00")
@@ -701,8 +847,7 @@ class BackendConformanceTests:
         self, stop_strings_backend: GenerationBackend
     ) -> None:
         backend = stop_strings_backend
-        reference = await self.stop_reference(backend)
-        pick = self.pick_stop(reference, mid_token=True)
+        _, pick = await self.reference_and_stop(backend, mid_token=True)
         budget, stops = self.stop_strings_max_tokens, (pick.stop,)
         whole = await self.consume(
             backend, self.make_request(max_tokens=budget, greedy=True, stop=stops)

@@ -34,7 +34,11 @@ class TestReplayBackendConformance(BackendConformanceTests):
 
     @property
     def stop_max_tokens(self) -> int:
-        return 2048  # a recorded trace ends by itself: "stop"
+        return 2048
+
+    @property
+    def probes_on_this_prompt(self) -> bool:
+        return False  # text traces record no probes (tests/unit/test_probe_pools.py probes replay)  # a recorded trace ends by itself: "stop"
 
 
 def _request(request_id: str, trace_index: int = 0) -> TraceRequest:

@@ -19,6 +19,7 @@ from deepprune_lc.core.controllers.actions import (
     FailRun,
     FlagUnreliable,
     ParkTrace,
+    ProbeTrace,
     ResumeTrace,
     RunDone,
     ScorePairs,
@@ -26,6 +27,8 @@ from deepprune_lc.core.controllers.actions import (
 )
 from deepprune_lc.core.controllers.base import Controller, Outcome, TraceState, TraceView
 from deepprune_lc.core.controllers.baselines import (
+    AdaptiveConsistencyConfig,
+    AdaptiveConsistencyController,
     EarlyStoppingController,
     SelfConsistencyController,
 )
@@ -46,6 +49,8 @@ __all__ = [
     "AbortReason",
     "AbortTrace",
     "Action",
+    "AdaptiveConsistencyConfig",
+    "AdaptiveConsistencyController",
     "ClusterTrace",
     "Controller",
     "ControllerProtocol",
@@ -58,6 +63,7 @@ __all__ = [
     "Outcome",
     "ParkTrace",
     "Phase",
+    "ProbeTrace",
     "ResumeTrace",
     "RunDone",
     "ScorePairs",

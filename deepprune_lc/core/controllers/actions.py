@@ -14,6 +14,7 @@ __all__ = [
     "FailRun",
     "FlagUnreliable",
     "ParkTrace",
+    "ProbeTrace",
     "ResumeTrace",
     "RunDone",
     "ScorePairs",
@@ -36,6 +37,15 @@ class ScorePairs:
     request_id: int
     trace_ids: tuple[int, ...]
     pairs: tuple[PrefixPair, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTrace:
+    """Ask the running trace for its answer now (``AnswerProbing.probe``); answer with
+    ``on_probed``. ``at_tokens``: the trace's decoded tokens when the probe was due."""
+
+    trace_id: int
+    at_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,7 @@ class RunDone:
 Action = (
     StartTrace
     | ScorePairs
+    | ProbeTrace
     | ClusterTrace
     | ParkTrace
     | ResumeTrace

@@ -8,20 +8,21 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from deepprune_lc.core.answers import AnswerRules, Ballot, group_votes
-from deepprune_lc.core.config import PruningConfig
+from deepprune_lc.core.answers import AnswerRules, Ballot, group_votes, vote_settled
+from deepprune_lc.core.config import ProbeClustering, PruningConfig
 from deepprune_lc.core.controllers.actions import (
     Action,
     ClusterTrace,
     FailRun,
     FlagUnreliable,
     ParkTrace,
+    ProbeTrace,
     ResumeTrace,
     ScorePairs,
 )
 from deepprune_lc.core.controllers.base import Controller
 from deepprune_lc.core.controllers.states import Phase, Unreliability
-from deepprune_lc.core.monitors import PrefixMonitor, TraceMonitor
+from deepprune_lc.core.monitors import PrefixMonitor, ProbeDue, ProbeMonitor, Signal, TraceMonitor
 from deepprune_lc.core.ports import PrefixPair
 from deepprune_lc.core.result import ClusterReport
 
@@ -33,6 +34,8 @@ class Cluster:
     cluster_id: int
     founder: int
     members: list[int] = field(default_factory=list)  # founder first, then in joining order
+    #: Probe clustering: the answer class the cluster stands for (None: the unknowns).
+    probe_answer: str | None = None
 
 
 @dataclass(slots=True)
@@ -71,21 +74,172 @@ class DeepPruneController(Controller):
         self._finalists: set[int] = set()
         self._leading: list[int] = []
         self._extra_left: int | None = None
+        #: Probe clustering (``PruningConfig.probe``, or ``enable_probes`` before the start).
+        self.probe: ProbeClustering | None = config.probe
+        self.probes_answered = 0
+        self._recent_probes: dict[int, deque[str | None]] = {}
+        self._same_cache: dict[tuple[str, str], bool] = {}
 
     # -- what the driver asks ----------------------------------------------------------------------
     @property
     def needs_judge(self) -> bool:
         # One trace needs no judge: it simply runs (docs/method.md: ``n_traces=1`` runs one trace).
-        return self.n_traces > 1
+        return self.n_traces > 1 and self.probe is None
+
+    @property
+    def needs_probes(self) -> bool:
+        """Whether the driver's backend must answer probes (``AnswerProbing``)."""
+        return self.n_traces > 1 and self.probe is not None
+
+    def enable_probes(self, settings: ProbeClustering) -> None:
+        """Cluster by answer probes (the ``probe`` judge asks for it); only before the start."""
+        if any(t.status is not None for t in self.traces):
+            raise RuntimeError("enable_probes: the run has started; choose probes before it")
+        self.probe = settings
 
     def monitor(self, trace_id: int) -> TraceMonitor | None:
-        """Every trace is watched until its prefix is complete (unless there is nothing to judge)."""
+        """Every trace is watched until its prefix is complete (unless there is nothing to judge);
+        with probe clustering, until its probe is due (and on, every ``reprobe_every`` tokens)."""
         self._state(trace_id)
-        return PrefixMonitor(self.config.prefix) if self.needs_judge else None
+        if self.n_traces == 1:
+            return None
+        probe = self.probe
+        if probe is None:
+            return PrefixMonitor(self.config.prefix)
+        if probe.reprobe_every is None or not self._robust():
+            return ProbeMonitor(probe.at_tokens, first_at=probe.at_tokens, once=True)
+        return ProbeMonitor(probe.reprobe_every, first_at=probe.at_tokens)
 
     # -- events ----------------------------------------------------------------------------------
     def start(self) -> list[Action]:
         return self._start(range(self.n_traces))
+
+    def on_signal(self, trace_id: int, signal: Signal) -> list[Action]:
+        if not isinstance(signal, ProbeDue):
+            return super().on_signal(trace_id, signal)
+        state = self._require_started(trace_id, "ProbeDue")
+        if self.done or self.probe is None or state.status != "running":
+            return []
+        if self.phase == "sampling" and state.cluster_id is None:
+            return [ProbeTrace(trace_id, signal.tokens)]
+        if (
+            self.phase == "finalising"
+            and self.probe.reprobe_every is not None
+            and self._robust()
+            and trace_id in self._finalists
+        ):
+            return [ProbeTrace(trace_id, signal.tokens)]
+        return []
+
+    def on_probed(
+        self,
+        trace_id: int,
+        *,
+        text: str = "",
+        answer: str | None = None,
+        unknown: bool = False,
+    ) -> list[Action]:
+        """The trace's probe answered (``ProbeReply``'s fields): cluster it by its answer class
+        while sampling; while finalising, note it for the agreement stop."""
+        state = self._require_started(trace_id, "on_probed")
+        if self.done or self.probe is None:
+            return []
+        self.probes_answered += 1
+        resolved: str | None = None
+        if not unknown:
+            resolved = answer if answer is not None else self.rules.extract("\\boxed{" + text)
+        if self.phase == "sampling" and state.cluster_id is None and not state.terminal:
+            return self._place_by_probe(trace_id, resolved) + self._maybe_finalise()
+        if self.phase == "finalising" and state.status == "running":
+            recent = self._recent_probes.setdefault(trace_id, deque(maxlen=self.probe.agree_stop))
+            recent.append(resolved)
+            return self._maybe_finish_finalising()
+        return []
+
+    def on_probe_failed(self, trace_id: int, reason: str) -> list[Action]:
+        """A probe raised: as a judge error (``on_judge_error``), since it is the judge's input."""
+        self._require_started(trace_id, "on_probe_failed")
+        if self.done or self.phase != "sampling":
+            return []  # a later probe only served the agreement stop: the run goes on without it
+        if self.config.on_judge_error == "raise":
+            return [FailRun(f"probe of trace {trace_id} failed: {reason}")]
+        self.phase = "fallback"
+        self.fallback_detail = f"probe of trace {trace_id} failed: {reason}"
+        self._queue.clear()
+        return self._maybe_finish_fallback()
+
+    def _same(self, a: str, b: str) -> bool:
+        """Equivalent answers under the run's rules, cached (probe answers repeat a lot)."""
+        if a == b:
+            return True
+        key = (a, b) if a < b else (b, a)
+        same = self._same_cache.get(key)
+        if same is None:
+            same = self._same_cache[key] = bool(self.rules.equivalent(a, b))
+        return same
+
+    def _place_by_probe(self, trace_id: int, answer: str | None) -> list[Action]:
+        """Join the cluster of the trace's answer class (no judge call), else found one; at K
+        clusters a trace with a new class joins the largest (bounded diversity, as forced joins)."""
+        assert self.probe is not None
+        for cluster in self.clusters:
+            known = cluster.probe_answer
+            if answer is None:
+                if known is None and self.probe.unknown == "together":
+                    return self._join(trace_id, cluster.cluster_id, 1.0, forced=False)
+            elif known is not None and self._same(known, answer):
+                return self._join(trace_id, cluster.cluster_id, 1.0, forced=False)
+        if len(self.clusters) < self.config.max_clusters:
+            actions = self._found(trace_id, None)
+            self.clusters[-1].probe_answer = answer
+            return actions
+        return self._join(trace_id, self._winner().cluster_id, 0.0, forced=True)
+
+    def _probes_agree(self) -> list[Action] | None:
+        """The probe-aware settled vote (``ProbeClustering.reprobe_every``).
+
+        A running finalist whose last ``agree_stop`` probes all name the finished vote's leader is
+        *committed* to it: it could only overturn the vote by changing its mind. The vote is then
+        settled as ``vote_settled`` says, with only the uncommitted running traces counted as
+        able to overturn it (the lead must still be at least ``settle.min_margin``); the running
+        finalists stop and the finished traces vote. None while that does not hold, or when no
+        running trace is committed (the plain settled-vote rule decides then).
+        """
+        probe = self.probe
+        if probe is None or probe.reprobe_every is None or not self.config.settle.enabled:
+            return None
+        running = [t.trace_id for t in self.traces if t.status == "running"]
+        if not running:
+            return None
+        ballots = self._finished_ballots()
+        votes = group_votes(ballots, self._same) if ballots else []
+        if not votes:
+            return None
+        leader = votes[0].answer
+        uncommitted = 0
+        for trace_id in running:
+            recent = self._recent_probes.get(trace_id)
+            sure = (
+                recent is not None
+                and len(recent) == probe.agree_stop
+                and all(a is not None and self._same(leader, a) for a in recent)
+            )
+            uncommitted += not sure
+        committed = len(running) - uncommitted
+        if not committed:
+            return None
+        if probe.count_committed and votes:
+            # Committed finalists count as the leader's votes (as Parallel-Probe's probe vote).
+            lead = votes[0].weight - (votes[1].weight if len(votes) > 1 else 0.0)
+            settled = lead + committed > uncommitted and lead >= self.config.settle.min_margin
+        else:
+            settled = vote_settled(votes, uncommitted, self.config.settle.min_margin)
+        if not settled:
+            return None
+        actions: list[Action] = []
+        for trace_id in running:
+            actions += self._abort(trace_id, "vote_settled")
+        return actions + self._finish_run(ballots)
 
     def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
         state = self._require_started(trace_id, "on_prefix")
@@ -366,6 +520,8 @@ class DeepPruneController(Controller):
         votes = group_votes(ballots, self.rules.equivalent) if ballots else []
         lead = votes[0].weight - (votes[1].weight if len(votes) > 1 else 0.0) if votes else 0.0
         need = max(1, math.ceil(self.config.settle.min_margin - lead))
+        if self.config.split_resume == "doubling":
+            need = max(need, len(ballots))
         if self._extra_left is not None:
             need = min(need, self._extra_left)
         candidates = self._resume_candidates()[:need]
@@ -381,6 +537,9 @@ class DeepPruneController(Controller):
         return actions
 
     def _maybe_finish_robust(self) -> list[Action]:
+        agreed = self._probes_agree()
+        if agreed is not None:
+            return agreed
         settle = self.config.settle
         if settle.enabled:
             stopped = self._settled_stop(settle.min_margin)
@@ -439,6 +598,10 @@ class DeepPruneController(Controller):
     def _after_finish(self, trace_id: int) -> list[Action]:
         if self.n_traces == 1:
             return self._finish_run(self._ballots([trace_id]))
+        state = self.traces[trace_id]
+        if self.probe is not None and self.phase == "sampling" and state.cluster_id is None:
+            # It ended before its probe was due: its final answer is its class.
+            return self._place_by_probe(trace_id, state.answer) + self._maybe_finalise()
         if self.phase == "finalising":
             return self._maybe_finish_finalising()
         if self.phase == "fallback":

@@ -99,6 +99,34 @@ def test_send_fan_out_keeps_every_run_with_its_own_question(asynchronous: bool) 
     assert state["report"].count("=") == 4
 
 
+def test_send_fan_out_shares_a_bound_on_traces_in_flight(asynchronous: bool) -> None:
+    """Four questions fanned out to one bounded node: never more than the bound's streams on the
+    backend at once, every question still answered with its own answer."""
+    from deepprune_lc import DeepPruneReasoner
+    from deepprune_lc.backends import BoundedBackend, ReplayBackend
+
+    bounded = BoundedBackend(ReplayBackend(POOL, yield_every=1), max_in_flight=3)
+    model = DeepPruneReasoner(backend=bounded, pruning=PRUNING)
+    graph = StateGraph(FanOut)
+    graph.add_node("reason", create_deepprune_node(model))
+    graph.add_conditional_edges(
+        START, lambda s: [Send("reason", {"messages": [q]}) for q in s["questions"]], ["reason"]
+    )
+
+    state = run_graph(
+        graph.compile(), {"questions": QUESTIONS, "messages": []}, asynchronous=asynchronous
+    )
+
+    answers = {
+        POOL.find_by_prompt(run["question"] or "").id: run["summary"]["answer"]  # type: ignore[union-attr]
+        for run in state["deepprune_runs"]
+    }
+    assert answers == EXPECTED
+    stats = bounded.admission_stats()
+    assert stats.peak_in_flight == 3  # the four runs together wanted more: they took turns
+    assert (stats.in_flight, stats.waiting) == (0, 0)
+
+
 def test_fan_out_records_failed_runs_with_no_message(asynchronous: bool) -> None:
     """``on_error="record"`` under fan-out: every run is logged, a failed one without a message."""
     from deepprune_lc import DeepPruneReasoner, ReplayBackend

@@ -37,14 +37,22 @@ import collections
 import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from deepprune_lc.backends import PromptRenderer
-from deepprune_lc.core import BackendError, Prompt, TraceDelta, TraceRequest
+from deepprune_lc.backends import (
+    ProbeStats,
+    PromptRenderer,
+    check_probe_tokens,
+    probe_suffix_text,
+    think_block_open,
+    think_tokens,
+)
+from deepprune_lc.core import BackendError, ProbeReply, Prompt, TraceDelta, TraceRequest
 from deepprune_transformers.models import (
     default_cache_dir,
     limit_cpu_threads,
@@ -84,6 +92,8 @@ class _Request:
     row: EngineRow | None = None
     state: Literal["new", "waiting", "active", "done"] = "new"
     abort_requested: bool = False
+    #: Ids of the row the stream has handed out (resumed ids included): what a probe sees.
+    sent: int = 0
 
 
 class TransformersBackend:
@@ -153,6 +163,10 @@ class TransformersBackend:
         self._needs_reset = False
         #: Tokens computed for a row after its abort call (the forward already running then).
         self.computed_after_abort = 0
+        #: What the answer probes cost so far (``probe``).
+        self.probe_stats = ProbeStats()
+        self._think: tuple[tuple[int, int] | None] | None = None
+        self._context: int | None = None
 
     # ------------------------------------------------------------------ protocol
 
@@ -178,6 +192,67 @@ class TransformersBackend:
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies once templated (loads the tokenizer if needed)."""
         return self._renderer.count(prompt)
+
+    async def probe(
+        self, request_id: str, *, suffix: str | None = None, max_tokens: int = 20
+    ) -> ProbeReply:
+        """``AnswerProbing``: ask the trace ``request_id`` (streaming, waiting for a row, or
+        decoding) for its answer now.
+
+        A forked row: prompt ids + the ids the stream has handed out so far + the suffix's ids
+        (``deepprune_lc.backends.probes``: the think block closed first where the tokenizer has
+        one), decoded greedily on a cache of its own for at most ``max_tokens`` tokens, stopped
+        at end of sequence or once the box's brace closes. It runs on the worker thread between
+        two decode steps, so the batch is never touched: the traces keep their rows, and their
+        sampling draws from ``(seed, position)``, so a probed trace produces exactly the ids it
+        would have unprobed (the next step only waits for the probe). ``prefill_tokens`` is every
+        id the probe read (no prefix cache here). A probe with no room left in the model's
+        context answers ``unknown`` at no cost. ``KeyError`` when no trace ``request_id`` is
+        streaming here.
+        """
+        check_probe_tokens(max_tokens)
+        entry = self._live.get(request_id)
+        if entry is None or entry.state == "done" or entry.row is None:
+            raise KeyError(request_id)
+        started = time.perf_counter()
+        row = entry.row
+        held = row.generated[: entry.sent]  # the decode step may append meanwhile: not seen
+        context = [*row.prompt_ids, *held]
+        tokenizer = self._loaded_tokenizer()
+        if self._think is None:
+            self._think = (think_tokens(lambda t: tokenizer.encode(t, add_special_tokens=False)),)
+        text_suffix = probe_suffix_text(
+            suffix, close_think=think_block_open(self._think[0], context)
+        )
+        ids = [*context, *tokenizer.encode(text_suffix, add_special_tokens=False)]
+        engine = self._engine
+        assert engine is not None  # a row exists, so the model is loaded
+        room = self._room() - len(ids)
+        if room <= 0:
+            return ProbeReply("", len(held), unknown=True)  # no room left in the context
+        loop = asyncio.get_running_loop()
+        output = await loop.run_in_executor(
+            self._worker(), engine.probe, ids, text_suffix, min(max_tokens, room)
+        )
+        reply = ProbeReply(
+            text=output.text,
+            at_tokens=len(held),
+            prefill_tokens=output.prefill_tokens,
+            decoded_tokens=output.decoded_tokens,
+            seconds=time.perf_counter() - started,
+            unknown=not output.text.strip(),
+        )
+        self.probe_stats.add(reply)
+        return reply
+
+    def context_length(self) -> int | None:
+        """Tokens a sequence (prompt + trace) may hold: the model's ``max_position_embeddings``
+        once it is loaded (None before, or for a model that does not say)."""
+        return self._context
+
+    def _room(self) -> int:
+        """The context length, or no limit for a model that does not say."""
+        return self._context if self._context is not None else 1 << 62
 
     def prompt_token_ids(self, prompt: Prompt, *, cache: bool = True) -> list[int]:
         """``PromptTokenIds``: the ids the engine prefills (``deepprune_lc.backends.rendering``).
@@ -322,6 +397,8 @@ class TransformersBackend:
                 tokenizer=self._tokenizer,
             )
             model.to(device)
+            positions = getattr(model.config, "max_position_embeddings", None)
+            self._context = positions if isinstance(positions, int) and positions > 0 else None
             tokenizer = self._tokenizer
             self._engine = BatchEngine(
                 model,
@@ -344,11 +421,20 @@ class TransformersBackend:
         from deepprune_transformers.sampling import RowSampling
 
         sampling = request.sampling
+        prompt_ids = self._renderer.ids(request.prompt)
+        # The trace stops at the end of the model's context ("length") whatever its budget.
+        room = self._room() - len(prompt_ids)
+        if room <= 0:
+            raise ValueError(
+                f"prompt: {len(prompt_ids)} tokens do not fit the model's context "
+                f"({self._room()} positions)"
+            )
+        budget = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
         return EngineRow(
             request_id=request.request_id,
-            prompt_ids=self._renderer.ids(request.prompt),
+            prompt_ids=prompt_ids,
             generated=[int(t) for t in request.resume_token_ids],
-            max_tokens=sampling.max_tokens,
+            max_tokens=budget,
             sampling=RowSampling(
                 temperature=float(sampling.temperature),
                 top_p=float(sampling.top_p),
@@ -380,6 +466,7 @@ class TransformersBackend:
                 return
             row.owner = entry
             entry.row = row
+            entry.sent = len(row.generated)
             entry.state = "waiting"
             self._waiting.append(entry)
             self._ensure_decode_loop()
@@ -518,6 +605,7 @@ class TransformersBackend:
             entry.queue.put_nowait(
                 TraceDelta((output.token_id,), output.text, output.finish_reason)
             )
+            entry.sent += 1
             if output.finish_reason is not None:
                 self._end(entry, None)  # the engine removed its row at the end of the step
 

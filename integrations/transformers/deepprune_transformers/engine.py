@@ -31,12 +31,12 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from deepprune_lc.backends import StopMatcher
+from deepprune_lc.backends import StopMatcher, box_end
 from deepprune_lc.core import FinishReason
 from deepprune_transformers.detok import IncrementalDetokenizer
 from deepprune_transformers.sampling import RowSampling, sample_tokens
 
-__all__ = ["BatchEngine", "EngineRow", "StepOutput", "left_padded"]
+__all__ = ["BatchEngine", "EngineRow", "ProbeOutput", "StepOutput", "left_padded"]
 
 #: Upper bound on ``padded rows x columns`` of one prefill forward; longer admissions are split.
 PREFILL_TOKEN_BUDGET = 16384
@@ -92,6 +92,15 @@ class StepOutput:
     token_id: int
     text: str
     finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOutput:
+    """What one answer probe decoded: its text (cut after the box's closing brace) and its cost."""
+
+    text: str
+    prefill_tokens: int
+    decoded_tokens: int
 
 
 @dataclass(slots=True)
@@ -156,6 +165,48 @@ class BatchEngine:
         self.rows = []
         self.cache = None
         self.mask = None
+
+    def probe(self, ids: Sequence[int], suffix: str, max_tokens: int) -> ProbeOutput:
+        """Greedy-decode ``ids`` (prompt + a trace's ids + the probe suffix's) on a cache of its
+        own, for at most ``max_tokens`` tokens, ending at end of sequence or once the brace the
+        suffix left open closes (``deepprune_lc.backends.box_end``).
+
+        The batch is not touched: no row, no cache column, no counter of ``stats`` changes, and it
+        runs on the worker thread between two steps, so the traces' next step is what it would
+        have been. Its prefill reads every id (this engine has no prefix cache to share).
+        """
+        with torch.inference_mode():
+            cache = DynamicCache()
+            out = self.model(
+                input_ids=torch.tensor([list(ids)], device=self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            detok = IncrementalDetokenizer(self.decode, ids)
+            text, decoded, position = "", 0, len(ids)
+            while True:
+                token = int(out.logits[0, -1].argmax())
+                decoded += 1
+                if token in self.eos_token_ids:
+                    break
+                text += detok.push(token)
+                end = box_end(suffix, text)
+                if end is not None:
+                    return ProbeOutput(text[:end], len(ids), decoded)
+                if decoded >= max_tokens:
+                    break
+                out = self.model(
+                    input_ids=torch.tensor([[token]], device=self.device),
+                    position_ids=torch.tensor([[position]], device=self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                position += 1
+            text += detok.flush()
+            end = box_end(suffix, text)
+            return ProbeOutput(text if end is None else text[:end], len(ids), decoded)
 
     @property
     def columns(self) -> int:

@@ -33,15 +33,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
+import time
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepprune_lc.backends import PromptRenderer
-from deepprune_lc.core import BackendError, FinishReason, Prompt, TraceDelta, TraceRequest
+from deepprune_lc.backends import (
+    ProbeStats,
+    PromptRenderer,
+    box_end,
+    check_probe_tokens,
+    probe_suffix_text,
+    think_block_open,
+    think_tokens,
+)
+from deepprune_lc.core import (
+    BackendError,
+    FinishReason,
+    ProbeReply,
+    Prompt,
+    TraceDelta,
+    TraceRequest,
+)
 from deepprune_vllm.engine import (
     SharedEngine,
     engine_failures,
@@ -116,6 +134,13 @@ class VLLMBackend:
         # the engine loop and (for bridged streams) the caller's loop: single set operations only.
         self._open: set[str] = set()
         self._abort_requested: set[str] = set()
+        # Per submitted trace (engine loop only): its prompt ids and the ids it holds so far, what
+        # an answer probe continues from.
+        self._traces: dict[str, _Trace] = {}
+        self._probe_ids = itertools.count()
+        self._think: tuple[tuple[int, int] | None] | None = None
+        #: What the answer probes cost so far (``probe``).
+        self.probe_stats = ProbeStats()
 
     def __repr__(self) -> str:
         return f"VLLMBackend({self.model!r}, engine={self.engine!r})"
@@ -146,6 +171,100 @@ class VLLMBackend:
         """Tokens the prompt occupies once templated (what the engine prefills)."""
         _check_text(prompt)
         return self._renderer.count(prompt)
+
+    # ------------------------------------------------------------------ answer probes
+
+    async def probe(
+        self, request_id: str, *, suffix: str | None = None, max_tokens: int = 20
+    ) -> ProbeReply:
+        """``AnswerProbing``: ask the running trace ``request_id`` for its answer now.
+
+        A request of its own (id ``<request_id>-probe-<n>``, never the trace's): prompt ids + the
+        ids the trace holds so far + the suffix's ids (``deepprune_lc.backends.probes``: the think
+        block closed first where the tokenizer has one), decoded greedily for at most
+        ``max_tokens`` tokens and stopped (aborted) once the box's brace closes. The trace is not
+        touched: it keeps decoding in the same batch, and its seeded sampling has its own
+        generator, so its ids are those of the trace left unprobed. ``prefill_tokens`` is the
+        probe request's whole prompt (prompt + trace + suffix); vLLM's prefix cache serves most
+        of it from the trace's own blocks, and how many it did (``RequestOutput.num_cached_tokens``)
+        is added up in ``probe_stats.cached_tokens``. A probe with no room left in the context
+        window answers ``unknown`` at no cost. ``KeyError`` when no trace ``request_id`` is
+        streaming here.
+        """
+        check_probe_tokens(max_tokens)
+        if self.engine.on_loop():
+            return await self._probe_on_engine_loop(request_id, suffix, max_tokens)
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(
+                self._probe_on_engine_loop(request_id, suffix, max_tokens), self.engine.loop
+            )
+        )
+
+    def context_length(self) -> int | None:
+        """Tokens a sequence (prompt + trace) may hold: the engine's ``max_model_len`` once it
+        runs, before that the ``max_model_len`` engine argument (None when left to the model)."""
+        engine = self.engine.engine_nowait()
+        if engine is not None:
+            return int(engine.model_config.max_model_len)
+        value = self.engine_args.get("max_model_len")
+        return None if value is None else int(value)
+
+    async def _probe_on_engine_loop(
+        self, request_id: str, suffix: str | None, max_tokens: int
+    ) -> ProbeReply:
+        trace = self._traces.get(request_id)
+        if trace is None:
+            raise KeyError(request_id)
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        started = time.perf_counter()
+        engine = await self.engine.engine()
+        held = list(trace.ids)  # what the trace holds now; it keeps growing meanwhile
+        context = [*trace.prompt_ids, *held]
+        tokenizer = engine.get_tokenizer()
+        if self._think is None:
+            self._think = (think_tokens(lambda t: tokenizer.encode(t, add_special_tokens=False)),)
+        text_suffix = probe_suffix_text(
+            suffix, close_think=think_block_open(self._think[0], context)
+        )
+        prompt = [*context, *tokenizer.encode(text_suffix, add_special_tokens=False)]
+        room = int(engine.model_config.max_model_len) - len(prompt)
+        if room <= 0:
+            return ProbeReply("", len(held), unknown=True)  # no room left in the context window
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=min(max_tokens, room),
+            n=1,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        probe_id = f"{request_id}-probe-{next(self._probe_ids)}"
+        outputs = engine.generate({"prompt_token_ids": prompt}, params, request_id=probe_id)
+        text, decoded, cached = "", 0, 0
+        try:
+            with engine_failures(f"probe of {request_id}"):
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    text += completion.text
+                    decoded += len(completion.token_ids)
+                    if output.num_cached_tokens is not None:
+                        cached = int(output.num_cached_tokens)
+                    end = box_end(text_suffix, text)
+                    if end is not None:
+                        text = text[:end]
+                        break  # the box is closed: the rest is not the answer
+        finally:
+            await outputs.aclose()  # aborts the probe when it stopped early
+        reply = ProbeReply(
+            text=text,
+            at_tokens=len(held),
+            prefill_tokens=len(prompt),
+            decoded_tokens=decoded,
+            seconds=time.perf_counter() - started,
+            unknown=not text.strip(),
+        )
+        self.probe_stats.add(reply, cached_tokens=cached)
+        return reply
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,6 +305,7 @@ class VLLMBackend:
         ``cache=False`` is for one-off prompts (a judge's pair prompts) that would only evict the
         ones worth keeping.
         """
+        _check_text(prompt)
         return list(self._renderer.ids(prompt, cache=cache))
 
     # ------------------------------------------------------------------ engine-loop side
@@ -194,10 +314,12 @@ class VLLMBackend:
         """The stream itself; runs on the engine loop."""
         request_id = request.request_id
         self._open.add(request_id)
+        trace: _Trace | None = None
         try:
             engine = await self.engine.engine()
             resume = request.resume_token_ids
-            if len(resume) >= request.sampling.max_tokens:
+            budget = request.sampling.max_tokens
+            if budget is not None and len(resume) >= budget:
                 yield TraceDelta((), "", "length")  # resumed at (or past) its token budget
                 return
             if request_id in self._abort_requested:
@@ -205,14 +327,16 @@ class VLLMBackend:
                 return
             _check_text(request.prompt)
             prompt_ids = self._renderer.ids(request.prompt)
-            # vLLM serialises max_tokens as a 64-bit integer: 10**30 overflowed it and left the
-            # request in the engine's table for good. No trace outgrows the model length anyway.
-            room = _max_model_len(engine) - len(prompt_ids)
-            if room <= len(resume):
-                yield TraceDelta((), "", "length")  # no room left in the model's context
+            max_model_len = _max_model_len(engine)
+            if resume and len(prompt_ids) + len(resume) >= max_model_len:
+                yield TraceDelta((), "", "length")  # resumed at the end of the context window
                 return
+            trace = self._traces[request_id] = _Trace(prompt_ids, list(resume))
+            # No trace outgrows the model length: a larger budget is capped before it reaches vLLM
+            # (10**30 overflowed vLLM's serialiser and left the request in its table for good).
             sampling = request.sampling
-            if sampling.max_tokens > room:
+            room = max_model_len - len(prompt_ids)
+            if sampling.max_tokens is not None and 0 < room < sampling.max_tokens:
                 sampling = sampling.model_copy(update={"max_tokens": room})
             params = build_sampling_params(
                 sampling,
@@ -230,6 +354,7 @@ class VLLMBackend:
                 with engine_failures(f"request {request_id}"):
                     async for output in outputs:
                         completion = output.outputs[0]
+                        trace.ids.extend(completion.token_ids)
                         finish = (
                             _finish_reason(completion.finish_reason, request_id)
                             if output.finished
@@ -254,6 +379,8 @@ class VLLMBackend:
         finally:
             self._open.discard(request_id)
             self._abort_requested.discard(request_id)
+            if trace is not None and self._traces.get(request_id) is trace:
+                del self._traces[request_id]
 
     async def _abort_on_engine_loop(self, request_id: str) -> None:
         if request_id in self._open:
@@ -328,6 +455,15 @@ class VLLMBackend:
                     trust_remote_code=bool(args.get("trust_remote_code", False)),
                 )
             return self._fallback_tokenizer
+
+
+@dataclass(eq=False, slots=True)
+class _Trace:
+    """A submitted trace as a probe sees it: its prompt ids and every id it holds so far (the
+    resumed ids first, then those delivered by the engine)."""
+
+    prompt_ids: Sequence[int]
+    ids: list[int]
 
 
 class _Mailbox:

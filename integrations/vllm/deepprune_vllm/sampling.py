@@ -100,6 +100,8 @@ def build_sampling_params(
 
     ``SamplingConfig.max_tokens`` bounds the whole trace, so a trace resumed after ``r`` tokens may
     generate ``max_tokens - r`` more (callers skip the request when that is not positive).
+    ``max_tokens=None`` is left to vLLM, which then decodes to the end of the context window
+    (``max_model_len`` minus the prompt) and finishes the request with "length".
     ``top_k=-1`` (disabled) becomes vLLM's ``0``.
     """
     from vllm import SamplingParams
@@ -114,7 +116,7 @@ def build_sampling_params(
             temperature=config.temperature,
             top_p=config.top_p,
             top_k=0 if config.top_k == -1 else config.top_k,
-            max_tokens=config.max_tokens - resumed_tokens,
+            max_tokens=None if config.max_tokens is None else config.max_tokens - resumed_tokens,
             stop=list(config.stop) or None,
             seed=trace_seed(seed, resumed_tokens),
             n=1,

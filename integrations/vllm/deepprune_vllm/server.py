@@ -50,6 +50,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -68,11 +69,22 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from deepprune_lc.backends import PromptRenderer, StopMatcher, prompt_cache_key
+from deepprune_lc.backends import (
+    ProbeStats,
+    PromptRenderer,
+    StopMatcher,
+    box_end,
+    check_probe_tokens,
+    probe_suffix_text,
+    prompt_cache_key,
+    think_block_open,
+    think_tokens,
+)
 from deepprune_lc.core import (
     BackendDeadError,
     BackendError,
     FinishReason,
+    ProbeReply,
     Prompt,
     SamplingConfig,
     TraceDelta,
@@ -134,6 +146,13 @@ class _OpenStream:
     pump: asyncio.Task[None] | None = None
     pump_stopped: bool = False
     aborted: bool = False
+    #: Once the stream has rendered its prompt: the prompt ids, the ids the trace holds (the
+    #: resumed ones, then those read from the server) and the server it streams from, which is
+    #: where an answer probe goes (its prefix cache holds the trace).
+    prompt_ids: tuple[int, ...] | None = None
+    kept: list[int] | None = None
+    key: Hashable | None = None
+    endpoint: Endpoint | None = None
 
     def abort_now(self) -> None:
         """On the stream's loop: stop reading (closing the connection aborts it on the server)."""
@@ -288,6 +307,10 @@ class VLLMServerBackend:
                 model_name=model or tokenizer,
             )
         self._remote_ids: OrderedDict[Hashable, tuple[int, ...]] = OrderedDict()
+        # Ids of text encoded without special tokens (probe suffixes, the think tags).
+        self._text_ids: dict[str, tuple[int, ...]] = {}
+        #: What the answer probes cost so far (``probe``).
+        self.probe_stats = ProbeStats()
 
     def __repr__(self) -> str:
         urls = ", ".join(e.url for e in self._router.endpoints)
@@ -349,6 +372,77 @@ class VLLMServerBackend:
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies once rendered (what the server prefills)."""
         return len(self.prompt_token_ids(prompt))
+
+    async def probe(
+        self, request_id: str, *, suffix: str | None = None, max_tokens: int = 20
+    ) -> ProbeReply:
+        """``AnswerProbing``: ask the streaming trace ``request_id`` for its answer now.
+
+        A streamed ``/v1/completions`` request of its own (never the trace's request id) whose
+        prompt is the trace's prompt ids + the ids it holds so far + the suffix's ids
+        (``deepprune_lc.backends.probes``: the think block closed first where the tokenizer has
+        one), at temperature 0 for at most ``max_tokens`` tokens. It goes to the server the trace
+        streams from, whose prefix cache holds the trace, so its prefill is mostly a cache hit;
+        it is retried like every request (on another server when that one fails), and closed, which
+        aborts it on the server, once the box's brace closes. The trace's own stream is not
+        touched. ``prefill_tokens`` is the probe's whole prompt (the server's cache serves most of
+        it). A probe with no room left in the server's context answers ``unknown`` at no cost.
+        ``KeyError`` when no trace ``request_id`` is streaming here.
+        """
+        check_probe_tokens(max_tokens)
+        with self._lock:
+            state = self._open.get(request_id)
+        prompt_ids = None if state is None else state.prompt_ids
+        if state is None or prompt_ids is None or state.kept is None:
+            raise KeyError(request_id)
+        started = time.perf_counter()
+        held = list(state.kept)  # the trace keeps growing meanwhile
+        context = [*prompt_ids, *held]
+        think = think_tokens(self._known_text_ids)
+        if think is None and self._renderer is None and "</think>" not in self._text_ids:
+            await self._text_ids_of("<think>")
+            await self._text_ids_of("</think>")
+            think = think_tokens(self._known_text_ids)
+        text_suffix = probe_suffix_text(suffix, close_think=think_block_open(think, context))
+        prompt = [*context, *(await self._text_ids_of(text_suffix))]
+        preferred = state.endpoint
+        if preferred is not None and preferred.max_model_len is not None:
+            max_tokens = min(max_tokens, preferred.max_model_len - len(prompt))
+            if max_tokens <= 0:
+                return ProbeReply("", len(held), unknown=True)  # no room left in the context
+        with self._lock:
+            self._sent += 1
+            probe_id = f"{request_id}-probe-{self._tag}-{self._sent}"
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "n": 1,
+            "stream": True,
+            "return_token_ids": True,
+            "request_id": probe_id,
+        }
+        if self._model is not None:
+            body["model"] = self._model
+        text, decoded = await self._probe_completion(
+            request_id, body, text_suffix, preferred, state.key
+        )
+        reply = ProbeReply(
+            text=text,
+            at_tokens=len(held),
+            prefill_tokens=len(prompt),
+            decoded_tokens=decoded,
+            seconds=time.perf_counter() - started,
+            unknown=not text.strip(),
+        )
+        self.probe_stats.add(reply)
+        return reply
+
+    def context_length(self) -> int | None:
+        """Tokens a sequence (prompt + trace) may hold on the servers: the smallest
+        ``max_model_len`` their ``/v1/models`` announced (None before they were checked)."""
+        lengths = [e.max_model_len for e in self._router.endpoints if e.max_model_len]
+        return min(lengths) if lengths else None
 
     def prompt_token_ids(self, prompt: Prompt) -> list[int]:
         """``PromptTokenIds``: the ids sent for ``prompt`` (cached per prompt).
@@ -434,7 +528,8 @@ class VLLMServerBackend:
             self._open[request.request_id] = state
         ended = False
         try:
-            if len(request.resume_token_ids) >= request.sampling.max_tokens:
+            budget = request.sampling.max_tokens
+            if budget is not None and len(request.resume_token_ids) >= budget:
                 yield TraceDelta((), "", "length")  # resumed at (or past) its token budget
                 return
             state.pump = loop.create_task(self._pump(request, state))
@@ -466,20 +561,24 @@ class VLLMServerBackend:
                 if ended:
                     return
         finally:
-            pump = state.pump
-            if pump is not None:
-                if not (ended or pump.done()):
-                    state.stop_pump()  # closing the connection aborts the request on the server
-                # Wait until the connection is closed: no request outlives its stream.
-                await asyncio.wait([pump])
-            with self._lock:
-                if self._open.get(request.request_id) is state:
-                    del self._open[request.request_id]
+            try:
+                pump = state.pump
+                if pump is not None:
+                    if not (ended or pump.done()):
+                        state.stop_pump()  # closing the connection aborts the request on the server
+                    # Wait until the connection is closed: no request outlives its stream.
+                    await asyncio.wait([pump])
+            finally:
+                # Even when that wait is cancelled (a consumer cancelled twice): the pump was told
+                # to stop, and the stream is no longer open here.
+                with self._lock:
+                    if self._open.get(request.request_id) is state:
+                        del self._open[request.request_id]
 
     async def _pump(self, request: TraceRequest, state: _OpenStream) -> None:
         """Read the request's deltas (with retries and resumes) into the consumer's queue."""
         try:
-            async for delta in self._deltas(request):
+            async for delta in self._deltas(request, state):
                 state.wake.put_nowait(delta)
         except asyncio.CancelledError:
             raise
@@ -490,12 +589,16 @@ class VLLMServerBackend:
         else:
             state.wake.put_nowait(_END)
 
-    async def _deltas(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+    async def _deltas(
+        self, request: TraceRequest, state: _OpenStream | None = None
+    ) -> AsyncGenerator[TraceDelta, None]:
         """The trace's deltas across attempts: a broken stream resumes from the ids so far."""
         await self._ensure_started()
         prompt_ids = await self._prompt_ids(request.prompt)
         key = prompt_cache_key(request.prompt)
         kept = list(request.resume_token_ids)
+        if state is not None:
+            state.prompt_ids, state.kept, state.key = tuple(prompt_ids), kept, key
         resumed_by_run = len(kept)
         # Stop strings are matched here (server_protocol says why); one matcher across attempts, so
         # a stream resumed after a failure keeps what was held back. A trace resumed by the run
@@ -509,6 +612,8 @@ class VLLMServerBackend:
         pending_text = ""  # text that came with no token yet: sent with the next delta
         while True:
             endpoint, response = await self._open_request(request, prompt_ids, kept, key, avoid)
+            if state is not None:
+                state.endpoint = endpoint
             if response is None:  # no room left in the context window
                 yield TraceDelta((), pending_text, "length")
                 return
@@ -618,7 +723,9 @@ class VLLMServerBackend:
     ) -> dict[str, Any] | None:
         """The request body, or None when the trace has no room left to decode."""
         sent = len(prompt_ids) + len(kept)
-        remaining = request.sampling.max_tokens - len(kept)
+        budget = request.sampling.max_tokens
+        # None: as far as the context allows; the server decodes to its end when it is unknown.
+        remaining = None if budget is None else budget - len(kept)
         if endpoint.max_model_len is not None:
             if len(prompt_ids) >= endpoint.max_model_len:
                 raise ValueError(
@@ -627,8 +734,9 @@ class VLLMServerBackend:
                 )
             # As in-process: a trace stops at the end of the context window ("length") rather
             # than failing (the server would reject max_tokens past it with a 400).
-            remaining = min(remaining, endpoint.max_model_len - sent)
-        if remaining <= 0:
+            room = endpoint.max_model_len - sent
+            remaining = room if remaining is None else min(remaining, room)
+        if remaining is not None and remaining <= 0:
             return None
         with self._lock:
             self._sent += 1
@@ -686,6 +794,98 @@ class VLLMServerBackend:
                 "(`vllm serve <model>`) or fix the URL; every request fails until one answers"
             )
         return BackendError(f"{what}: gave up after retries ({last})")
+
+    # ------------------------------------------------------------------ answer probes
+
+    async def _probe_completion(
+        self,
+        request_id: str,
+        body: dict[str, Any],
+        suffix: str,
+        preferred: Endpoint | None,
+        key: Hashable | None,
+    ) -> tuple[str, int]:
+        """The probe's text (cut after the box's closing brace) and its decoded token count."""
+        failed: Endpoint | None = None
+        last: _Retryable | None = None
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    if failed is None and preferred is not None and not preferred.is_down():
+                        endpoint = preferred
+                    else:
+                        endpoint = self._router.acquire(
+                            key if key is not None else "", avoid=failed
+                        )
+                        self._router.release(endpoint)
+                    try:
+                        await self._check_endpoint(endpoint)
+                        response = await self._send(endpoint, body)
+                        try:
+                            return await self._read_probe(endpoint, response, suffix)
+                        finally:
+                            await _close(response)  # early: aborts the probe on the server
+                    except _Retryable as exc:
+                        self._router.mark_down(endpoint)
+                        failed, last = endpoint, exc
+                        raise
+        except _Retryable as exc:
+            last = exc
+        assert last is not None
+        raise self._exhausted(f"probe of {request_id}", last) from last
+
+    async def _read_probe(
+        self, endpoint: Endpoint, response: httpx.Response, suffix: str
+    ) -> tuple[str, int]:
+        text, decoded = "", 0
+        try:
+            async with contextlib.aclosing(self._chunks(response)) as chunks:
+                async for chunk in chunks:
+                    decoded += len(chunk.token_ids or ())
+                    text += chunk.text
+                    end = box_end(suffix, text)
+                    if end is not None:
+                        return text[:end], decoded
+        except (httpx.TransportError, ServerStreamError) as exc:
+            raise _Retryable(endpoint, f"the probe's stream broke: {_describe(exc)}") from exc
+        return text, decoded
+
+    def _known_text_ids(self, text: str) -> Sequence[int]:
+        """Ids of ``text`` without special tokens: the local tokenizer's, else those the server
+        gave before (empty when not asked yet)."""
+        if self._renderer is not None:
+            return list(self._load_tokenizer().encode(text, add_special_tokens=False))
+        return self._text_ids.get(text, ())
+
+    async def _text_ids_of(self, text: str) -> tuple[int, ...]:
+        """Ids of ``text`` without special tokens (cached), here or by the server's /tokenize."""
+        cached = self._text_ids.get(text)
+        if cached is not None:
+            return cached
+        if self._renderer is not None:
+            ids = tuple(self._known_text_ids(text))
+        else:
+            endpoint = next(
+                (e for e in self._router.endpoints if not e.is_down()), self._router.endpoints[0]
+            )
+            body: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
+            if self._model is not None:
+                body["model"] = self._model
+            try:
+                response = await self._client(endpoint).post("/tokenize", json=body)
+            except httpx.TransportError as exc:
+                raise BackendError(
+                    f"{endpoint.url}: could not encode the probe suffix ({_describe(exc)})"
+                ) from exc
+            try:
+                ids = self._tokens_of(endpoint, response)
+            except _NoTokenizeEndpoint as exc:
+                raise BackendError(_no_tokenize_message(endpoint)) from exc
+            except _Retryable as exc:
+                raise BackendError(f"could not encode the probe suffix: {exc}") from exc
+        if len(self._text_ids) < 256:
+            self._text_ids[text] = ids
+        return ids
 
     # ------------------------------------------------------------------ checks
 

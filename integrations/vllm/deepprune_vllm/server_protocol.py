@@ -169,7 +169,7 @@ def completion_body(
     sampling: SamplingConfig,
     seed: int,
     resumed_tokens: int,
-    max_tokens: int,
+    max_tokens: int | None,
     request_id: str,
     logprobs: int | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -178,7 +178,8 @@ def completion_body(
 
     ``prompt_ids`` already holds the resumed ids; ``resumed_tokens`` says how many of them the
     trace produced (they count toward ``min_tokens`` and reseed the request, as in-process);
-    ``max_tokens`` is what is left of the trace's budget.
+    ``max_tokens`` is what is left of the trace's budget (None: left out, and the server
+    decodes to the end of its context window, finishing with "length").
     """
     extras = dict(overrides or {})
     if resumed_tokens and extras.get("min_tokens"):
@@ -186,7 +187,6 @@ def completion_body(
     body: dict[str, Any] = {
         **extras,
         "prompt": list(prompt_ids),
-        "max_tokens": max_tokens,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "top_k": 0 if sampling.top_k == -1 else sampling.top_k,
@@ -196,6 +196,8 @@ def completion_body(
         "return_token_ids": True,
         "request_id": request_id,
     }
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     if model is not None:
         body["model"] = model
     # sampling.stop is applied by the caller (see the module docstring), never by the server.

@@ -1,0 +1,138 @@
+"""Cancelling a run at any point aborts every trace and leaves nothing behind.
+
+A property over random cancellation points (event-loop turns into the run; sometimes a second
+cancellation while the first one's shutdown is under way) on the replay backend, for every surface
+that starts a run: ``DeepPrune.run``, ``DeepPrune.stream``, ``ainvoke`` and ``astream``. Each
+example runs on a fresh event loop and checks, once the cancelled call has returned: no request
+live in the backend, no task of ours still pending, and nothing reported to the loop's exception
+handler ("Task was destroyed but it is pending!", "Task exception was never retrieved"), and no
+coroutine warned "never awaited".
+
+Before, ``astream`` left its ``delivered.wait()`` task pending on every cancelled call, and a second
+cancellation interrupted the driver's shutdown with streams still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reliability_faults import QUESTION, leftover_tasks, synthetic_backend
+
+from deepprune_lc import (
+    DeepPrune,
+    DeepPruneReasoner,
+    LexicalJudge,
+    PruningConfig,
+    ReplayBackend,
+    SelfConsistency,
+    TokensPrefix,
+)
+
+CONFIG = PruningConfig(n_traces=8, prefix=TokensPrefix(k=16), finalists=2)
+
+
+def _surface(name: str, backend: ReplayBackend, method: str) -> Callable[[], Awaitable[Any]]:
+    if method == "cons":
+        runner: Any = SelfConsistency(backend, 8, answers="exact")
+    else:
+        runner = DeepPrune(backend, LexicalJudge(), CONFIG, answers="exact")
+    model = DeepPruneReasoner(
+        backend=backend, judge=LexicalJudge(), pruning=CONFIG, answers="exact"
+    )
+
+    async def run() -> Any:
+        return await runner.run(QUESTION)
+
+    async def stream() -> Any:
+        return [event async for event in runner.stream(QUESTION)]
+
+    async def ainvoke() -> Any:
+        return await model.ainvoke(QUESTION)
+
+    async def astream() -> Any:
+        return [chunk async for chunk in model.astream(QUESTION)]
+
+    return {"run": run, "stream": stream, "ainvoke": ainvoke, "astream": astream}[name]
+
+
+async def _cancel_at(
+    call: Callable[[], Awaitable[Any]], turns: int, again: int | None
+) -> tuple[set[asyncio.Task[Any]], list[str]]:
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    task = asyncio.ensure_future(call())
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    task.cancel()
+    if again is not None:
+        for _ in range(again):
+            await asyncio.sleep(0)
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    left = await leftover_tasks()
+    del task
+    gc.collect()
+    await asyncio.sleep(0)
+    return left, reported
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(
+    surface=st.sampled_from(["run", "stream", "ainvoke", "astream"]),
+    method=st.sampled_from(["deepprune", "cons"]),
+    turns=st.integers(0, 400),
+    again=st.none() | st.integers(0, 20),
+)
+def test_cancelling_at_any_point_aborts_everything_and_leaks_nothing(
+    surface: str, method: str, turns: int, again: int | None
+) -> None:
+    backend = synthetic_backend()
+    if surface in ("ainvoke", "astream") and method == "cons":
+        method = "deepprune"  # the chat model runs DeepPrune
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        left, reported = asyncio.run(_cancel_at(_surface(surface, backend, method), turns, again))
+    never_awaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert never_awaited == []
+    assert backend.live_requests() == set()
+    assert left == set(), f"tasks left pending: {left}"
+    assert reported == [], reported
+
+
+async def test_a_cancelled_astream_leaves_no_task_even_when_repeated() -> None:
+    backend = synthetic_backend()
+    model = DeepPruneReasoner(
+        backend=backend, judge=LexicalJudge(), pruning=CONFIG, answers="exact"
+    )
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    for turns in range(0, 60, 5):
+        consumer = asyncio.ensure_future(_drain(model))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        assert await leftover_tasks() == set()
+        assert backend.live_requests() == set()
+        assert reported == [], f"after {turns} turns: {reported}"
+    loop.set_exception_handler(None)
+
+
+async def _drain(model: DeepPruneReasoner) -> list[Any]:
+    return [chunk async for chunk in model.astream(QUESTION)]

@@ -1,0 +1,124 @@
+"""The run's fault handling on a real engine: the transformers backend with a tiny random model.
+
+The same guarantees as on replay, checked against the engine's own state (``live_requests``,
+``wait_idle``): a hung or malformed judge falls back, a deadline that meets a hung judge ends
+promptly, a stalled stream ends the run, and cancellation at any point leaves the engine idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reliability_faults import CallableJudge, HungJudge, leftover_tasks
+
+from deepprune_lc import (
+    DeepPrune,
+    GenerationError,
+    LexicalJudge,
+    PruningConfig,
+    SamplingConfig,
+    TokensPrefix,
+    TraceDelta,
+    TraceRequest,
+)
+
+transformers_backend = pytest.importorskip("deepprune_transformers")
+testing = pytest.importorskip("deepprune_transformers.testing")
+
+PROMPT = [{"role": "user", "content": "What is 6 times 7? Think step by step."}]
+SAMPLING = SamplingConfig(max_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    path: Path = testing.build_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2-reliability"))
+    backend = transformers_backend.TransformersBackend(
+        path, ignore_eos=True, num_threads=1, model_name="tiny-qwen2"
+    )
+    yield backend
+    backend.close()
+
+
+async def _idle(backend: Any) -> None:
+    await asyncio.wait_for(backend.wait_idle(), timeout=60)
+    assert backend.live_requests() == set()
+    assert backend.engine_row_ids() == []
+
+
+def _config(**overrides: Any) -> PruningConfig:
+    base: dict[str, Any] = {"n_traces": 6, "prefix": TokensPrefix(k=8), "finalists": 2}
+    return PruningConfig(**(base | overrides))
+
+
+@pytest.mark.parametrize("judge_kind", ["hung", "plain_list"])
+async def test_a_failing_judge_falls_back_on_the_engine(tiny: Any, judge_kind: str) -> None:
+    judge: Any = HungJudge() if judge_kind == "hung" else CallableJudge(lambda p: [0.9] * len(p))
+    runner = DeepPrune(tiny, judge, _config(judge_timeout_s=0.5), sampling=SAMPLING)
+    result = await asyncio.wait_for(runner.run(PROMPT), timeout=120)
+    assert result.fallback == "judge_error"
+    assert result.error is not None and type(judge).__name__ in result.error
+    assert all(t.status == "finished" and t.tokens_decoded == 48 for t in result.traces)
+    await _idle(tiny)
+
+
+async def test_a_deadline_meeting_a_hung_judge_ends_promptly_on_the_engine(tiny: Any) -> None:
+    sampling = SamplingConfig(max_tokens=100_000)  # nobody finishes before the deadline
+    runner = DeepPrune(tiny, HungJudge(), _config(deadline_s=1.0), sampling=sampling)
+    result = await asyncio.wait_for(runner.run(PROMPT), timeout=120)
+    assert result.fallback == "deadline" and result.answer is None
+    assert result.error is not None and "HungJudge" in result.error
+    assert result.totals.wall_time_s < 6.0
+    await _idle(tiny)
+
+
+class _StallOne:
+    """The engine, except that trace 2's stream stops being read after 5 deltas."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        return self._stream(request)
+
+    async def _stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        async with contextlib.aclosing(self.inner.stream(request)) as deltas:
+            n = 0
+            async for delta in deltas:
+                yield delta
+                n += 1
+                if request.trace_index == 2 and n == 5:
+                    await asyncio.Event().wait()
+
+    async def abort(self, request_id: str) -> None:
+        await self.inner.abort(request_id)
+
+    def count_prompt_tokens(self, prompt: Any) -> int:
+        return int(self.inner.count_prompt_tokens(prompt))
+
+
+async def test_a_stalled_stream_ends_the_run_and_frees_the_engine(tiny: Any) -> None:
+    runner = DeepPrune(
+        _StallOne(tiny), LexicalJudge(), _config(idle_timeout_s=0.5), sampling=SAMPLING
+    )
+    with pytest.raises(GenerationError, match="trace 2 stalled"):
+        await asyncio.wait_for(runner.run(PROMPT), timeout=120)
+    await _idle(tiny)
+
+
+async def test_cancelling_at_random_points_leaves_the_engine_idle(tiny: Any) -> None:
+    rng = random.Random(7)
+    runner = DeepPrune(tiny, LexicalJudge(), _config(), sampling=SamplingConfig(max_tokens=200))
+    for _ in range(5):
+        run = asyncio.ensure_future(runner.run(PROMPT))
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        await _idle(tiny)
+        assert await leftover_tasks() == set()

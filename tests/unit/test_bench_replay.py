@@ -1,0 +1,276 @@
+"""``deepprune bench replay``: the side-by-side bootstrap on a small pool the tests write."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from deepprune_lc.backends.pool import PoolProblem, PoolTrace, TracePool, load_trace_pool
+from deepprune_lc.backends.replay import ReplayBackend
+from deepprune_lc.cli import app
+from deepprune_lc.cli.bench_bootstrap import resample_pool, run_bench
+from deepprune_lc.cli.bench_methods import (
+    AnswerLookupJudge,
+    BenchSettings,
+    InstantJudge,
+    _ProblemFacts,
+    _TraceFacts,
+    bench_rules,
+    measure_resample,
+    plan_rows,
+    random_at_budget,
+    shortest_reaching,
+)
+from deepprune_lc.cli.bench_report import METRICS, BenchReport, load_report, markdown_table
+from deepprune_lc.core.config import PruningConfig, SamplingConfig, TokensPrefix
+from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair
+from deepprune_lc.runtime import DeepPrune
+
+RULES = bench_rules("math")
+
+
+def _trace(answer: str, steps: int) -> PoolTrace:
+    body = " ".join(
+        f"Step {i}: so we compute the next partial value carefully." for i in range(steps)
+    )
+    return PoolTrace(text=f"{body} Therefore the answer is \\boxed{{{answer}}}.")
+
+
+def _pool() -> TracePool:
+    # Three problems, six traces each, of different lengths; most agree, some do not.
+    specs = {
+        "easy": ("4", [("4", 2), ("4", 5), ("4", 3), ("4", 7), ("5", 4), ("4", 6)]),
+        "split": ("9", [("9", 3), ("8", 2), ("9", 6), ("8", 5), ("9", 4), ("7", 3)]),
+        "hard": ("2", [("3", 4), ("3", 2), ("2", 8), ("3", 5), ("1", 3), ("3", 6)]),
+    }
+    return TracePool(
+        problems=[
+            PoolProblem(
+                id=pid,
+                problem=f"Problem {pid}: what is the value?",
+                answer=truth,
+                traces=[_trace(a, s) for a, s in traces],
+            )
+            for pid, (truth, traces) in specs.items()
+        ],
+        source="tiny-pool",
+    )
+
+
+SETTINGS = BenchSettings(
+    n_traces=4,
+    resamples=3,
+    seed=7,
+    judges=("lexical", "random", "oracle"),
+    prefix_tokens=8,
+    finalists=(2,),
+)
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pool") / "tiny.jsonl"
+    _pool().write_jsonl(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report_rows() -> dict[str, list[dict[str, float]]]:
+    report = run_bench(_pool(), SETTINGS)
+    return {row.key: row.resamples for row in report.rows}
+
+
+def test_every_method_has_a_row_and_cons_is_the_ratio_baseline(
+    report_rows: dict[str, list[dict[str, float]]],
+) -> None:
+    keys = list(report_rows)
+    for key in ("cons", "cons_settled", "esc_w2", "esc_w4", "ac_b1", "ac_b4", "shortest"):
+        assert key in keys
+    for judge in ("lexical", "random", "oracle"):
+        for finalisation in ("robust", "paper"):
+            assert f"deepprune_{finalisation}_{judge}_k2" in keys
+    # Random pruning is matched to the real judges' budgets, not to the bounds'.
+    assert "random_at_deepprune_robust_lexical_k2" in keys
+    assert "random_at_deepprune_robust_oracle_k2" not in keys
+    assert all(r["tokens_vs_cons"] == 1.0 for r in report_rows["cons"])
+    assert all(len(rows) == SETTINGS.resamples for rows in report_rows.values())
+    # cons@N finishes all N traces; ESC and Adaptive-Consistency never decode more than it.
+    assert all(r["traces_finished"] == 4 for r in report_rows["cons"])
+    for key in ("esc_w2", "ac_b1", "ac_b4", "shortest"):
+        assert all(r["tokens_vs_cons"] <= 1.0 for r in report_rows[key])
+
+
+def test_the_bootstrap_is_reproducible_for_a_seed_and_differs_across_seeds() -> None:
+    pool = _pool()
+    first = resample_pool(pool, 4, seed=7, resample=1, replace=True)
+    again = resample_pool(pool, 4, seed=7, resample=1, replace=True)
+    other = resample_pool(pool, 4, seed=8, resample=1, replace=True)
+    texts = [[t.text for t in p.traces] for p in first.problems]
+    assert texts == [[t.text for t in p.traces] for p in again.problems]
+    assert texts != [[t.text for t in p.traces] for p in other.problems]
+    assert all(len(p.traces) == 4 for p in first.problems)
+    a = run_bench(pool, SETTINGS)
+    b = run_bench(pool, SETTINGS)
+    assert a.model_dump() == b.model_dump()
+
+
+def test_worker_processes_change_no_number() -> None:
+    settings = BenchSettings(**{**SETTINGS.__dict__, "judges": ("lexical",), "resamples": 2})
+    inline = run_bench(_pool(), settings, jobs=1)
+    parallel = run_bench(_pool(), settings, jobs=2)
+    assert inline.model_dump() == parallel.model_dump()
+
+
+def test_without_replacement_needs_enough_traces() -> None:
+    pool = _pool()
+    drawn = resample_pool(pool, 6, seed=0, resample=0, replace=False)
+    assert [sorted(t.text for t in p.traces) for p in drawn.problems] == [
+        sorted(t.text for t in p.traces) for p in pool.problems
+    ]
+    settings = BenchSettings(**{**SETTINGS.__dict__, "n_traces": 7, "replace": False})
+    with pytest.raises(ValueError, match="'easy' has 6 recorded traces"):
+        run_bench(pool, settings)
+
+
+def test_random_pruning_never_spends_more_than_deepprunes_budget() -> None:
+    rows = plan_rows(SETTINGS, ["lexical"])
+    resampled = resample_pool(_pool(), 4, seed=3, resample=0, replace=True)
+    numbers = measure_resample(SETTINGS, ["lexical"], resampled, 0)
+    spent_anything = False
+    for row in rows:
+        if row.kind != "random_at_budget":
+            continue
+        assert row.source is not None
+        for random_run, budget in zip(numbers[row.key], numbers[row.source], strict=True):
+            assert random_run["tokens"] <= budget["tokens"]
+            spent_anything |= int(random_run["tokens"]) > 0
+    assert spent_anything
+    # And the rule itself: a budget below every trace finishes nothing and has no answer.
+    traces = [_TraceFacts(10, "1"), _TraceFacts(20, "2"), _TraceFacts(5, "1")]
+    for seed in range(20):
+        answer, chosen = random_at_budget(traces, 26, random.Random(seed), RULES)
+        assert sum(t.tokens for t in chosen) <= 26 and chosen
+    assert random_at_budget(traces, 4, random.Random(0), RULES) == (None, [])
+    # Everything fits: every trace votes, and the majority wins.
+    answer, chosen = random_at_budget(traces, 35, random.Random(0), RULES)
+    assert answer == "1" and len(chosen) == 3
+
+
+def test_the_shortest_trace_bound_reads_cons_answer() -> None:
+    facts = _ProblemFacts([_TraceFacts(30, "7"), _TraceFacts(5, "8"), _TraceFacts(12, "7")], "7")
+    best = shortest_reaching(facts, RULES)
+    assert best is not None and best.tokens == 12
+    assert shortest_reaching(_ProblemFacts(facts.traces, None), RULES) is None
+
+
+def test_latency_counts_sequential_windows_in_lockstep_steps() -> None:
+    # One problem, traces of known lengths in a known order (no resampling involved).
+    pool = TracePool(
+        problems=[
+            PoolProblem(
+                id="p",
+                problem="What now?",
+                answer="1",
+                traces=[PoolTrace(text=t) for t in ["a b \\boxed{1}", "a b c d e \\boxed{2}"] * 2],
+            )
+        ]
+    )
+    backend = ReplayBackend(pool)
+    short, long = (len(backend.trace_token_ids("p", i)) for i in (0, 1))
+    assert short < long
+    settings = BenchSettings(n_traces=4, judges=("oracle",), esc_windows=(2,), ac_batches=(1,))
+    numbers = measure_resample(settings, ["oracle"], pool, 0)
+    cons, esc, ac = numbers["cons"][0], numbers["esc_w2"][0], numbers["ac_b1"][0]
+    # cons@4: all four in parallel, so the longest trace is the latency.
+    assert (cons["tokens"], cons["latency_tokens"]) == (2 * short + 2 * long, long)
+    # ESC w2: window 1 disagrees (1 vs 2), so window 2 runs after it: twice the longest.
+    assert (esc["tokens"], esc["latency_tokens"]) == (2 * short + 2 * long, 2 * long)
+    # Adaptive-Consistency one at a time never settles on 1, 2, 1, 2: the four in sequence.
+    assert ac["tokens"] == ac["latency_tokens"] == 2 * short + 2 * long
+
+
+def test_an_unavailable_judge_is_skipped_with_a_note() -> None:
+    settings = BenchSettings(
+        **{**SETTINGS.__dict__, "judges": ("lexical", "no-such-judge"), "resamples": 1}
+    )
+    report = run_bench(_pool(), settings)
+    assert not any("no-such-judge" in row.key for row in report.rows)
+    assert any(row.key == "deepprune_robust_lexical_k2" for row in report.rows)
+    assert len(report.notes) == 1 and "'no-such-judge' skipped" in report.notes[0]
+    assert "no-such-judge" in markdown_table(report)
+
+
+def test_the_command_writes_json_that_round_trips_markdown_and_a_png(
+    pool_file: Path, tmp_path: Path
+) -> None:
+    out_json, out_png, out_md = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "r.md"
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench", "replay", "--pool", str(pool_file), "--n-traces", "4", "--resamples", "2",
+            "--seed", "7", "--judges", "lexical,oracle,no-such-judge", "--prefix-tokens", "8",
+            "--finalists", "2", "--jobs", "1", "--json", str(out_json), "--plot", str(out_png),
+            "--output", str(out_md),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = load_report(out_json)
+    assert BenchReport.model_validate_json(report.model_dump_json()) == report
+    written = json.loads(out_json.read_text())
+    assert [row["key"] for row in written["rows"]] == [row.key for row in report.rows]
+    for row in written["rows"]:
+        assert len(row["resamples"]) == 2
+        assert all(set(r) == set(METRICS) for r in row["resamples"])
+    assert "no-such-judge" in written["notes"][0]
+    assert report.settings.n_traces == 4 and report.settings.resamples == 2
+    assert report.pool == str(pool_file) and report.problems == len(load_trace_pool(pool_file))
+    assert out_md.read_text() == markdown_table(report)
+    assert all(len(row.resamples) == 2 for row in report.rows)
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out_png.stat().st_size > 10_000
+    # The saved report tables again without a re-run; the paired difference of cons@N is zero.
+    shown_md, shown_png = tmp_path / "shown.md", tmp_path / "shown.png"
+    shown = CliRunner().invoke(
+        app, ["bench", "show", str(out_json), "--output", str(shown_md), "--plot", str(shown_png)]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert shown_md.read_text() == out_md.read_text()
+    assert shown_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cons = report.row("cons")
+    assert report.paired_difference(cons, "accuracy").mean == 0.0
+    lexical = report.row("deepprune_robust_lexical_k2")
+    assert report.paired_difference(lexical, "accuracy").mean == pytest.approx(
+        lexical.spread("accuracy").mean - cons.spread("accuracy").mean
+    )
+    # Rerunning the report's own settings reproduces it number for number.
+    again = run_bench(load_trace_pool(pool_file), report.settings)
+    assert again.model_dump() == report.model_dump()
+
+
+class _SlowOracle(AnswerLookupJudge):
+    """The oracle, answering after a real wait: how a judge on another thread behaves."""
+
+    async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
+        await asyncio.sleep(0.05)
+        return await super().score(pairs)
+
+
+def test_a_slow_judge_is_measured_as_if_it_answered_between_two_steps() -> None:
+    pool = resample_pool(_pool(), 6, seed=1, resample=0, replace=False)
+    config = PruningConfig(n_traces=6, prefix=TokensPrefix(k=8), finalists=2)
+    sampling = SamplingConfig(max_tokens=100_000)
+
+    def tokens(judge: Judge) -> list[int]:
+        runner = DeepPrune(ReplayBackend(pool, yield_every=1), judge, config, sampling=sampling)
+        return [asyncio.run(runner.run(p.problem)).totals.decoded_tokens for p in pool.problems]
+
+    instant = tokens(AnswerLookupJudge(pool, rules=RULES))
+    assert tokens(InstantJudge(_SlowOracle(pool, rules=RULES))) == instant
+    # Unwrapped, the replay kept decoding while the judge waited.
+    assert sum(tokens(_SlowOracle(pool, rules=RULES))) > sum(instant)
