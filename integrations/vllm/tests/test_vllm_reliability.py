@@ -137,12 +137,18 @@ async def test_a_killed_engine_is_reported_then_rebuilt_on_the_next_use(
 async def test_a_token_budget_beyond_vllm_is_bounded_and_leaves_nothing_behind(
     backend: VLLMBackend,
 ) -> None:
-    """A budget far past the model length is capped at the room the prompt leaves (10**30 overflowed
-    vLLM's serialiser and left the request in its table for good; SamplingConfig may refuse that
-    value itself, so the largest 32-bit count is used)."""
-    ids, finish = await drain(
-        backend, request([{"role": "user", "content": QUESTION}], max_tokens=2**31 - 1)
+    """max_tokens=10**30 overflowed vLLM's serialiser and left the request in its table for good.
+
+    SamplingConfig refuses such a value now; the backend caps the budget at the room the prompt
+    leaves anyway, for a request built without validation (``model_construct``: the one way to
+    hand the backend what the config would refuse).
+    """
+    req = request([{"role": "user", "content": QUESTION}])
+    unchecked = SamplingConfig.model_construct(
+        **{**req.sampling.model_dump(), "max_tokens": 10**30}
     )
+    huge = TraceRequest(req.request_id, 0, req.prompt, unchecked, seed=0)
+    ids, finish = await drain(backend, huge)
     assert ids and finish in ("stop", "length")
     await settle(backend)
 
