@@ -12,11 +12,14 @@ from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.judges.llm import (
     ANSWER_CUE,
     DEFAULT_JUDGE_TEMPLATE,
+    TRACE_QUOTE,
     LabelTokenizer,
     LLMJudgeSettings,
     distinct_prompts,
     judge_prefill_tokens,
     label_token_ids,
+    quote_trace,
+    special_token_strings,
     yes_probability,
 )
 from deepprune_lc.judges.probe import ProbeJudge
@@ -24,6 +27,7 @@ from deepprune_lc.judges.probe import ProbeJudge
 __all__ = [
     "ANSWER_CUE",
     "DEFAULT_JUDGE_TEMPLATE",
+    "TRACE_QUOTE",
     "ConstantJudge",
     "LLMJudgeSettings",
     "LabelTokenizer",
@@ -35,5 +39,7 @@ __all__ = [
     "judge_prefill_tokens",
     "label_token_ids",
     "logistic",
+    "quote_trace",
+    "special_token_strings",
     "yes_probability",
 ]

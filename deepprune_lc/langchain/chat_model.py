@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import cached_property
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -233,6 +234,31 @@ class DeepPruneReasoner(BaseChatModel):
         describes the model (tracing calls it on every run) and ``load`` refuses it, naming its class.
         """
         return True
+
+    @cached_property
+    def _serialized(self) -> dict[str, Any]:
+        """What LangChain hands every callback (LangSmith's ``serialized``): ``dumpd(self)`` with the
+        backend and judge shown as ``resolved_model_name`` / ``resolved_judge_name`` show them.
+
+        A spec string may name a local file (``replay:/home/me/pool.jsonl``) and an object's repr a
+        local model directory; neither goes out with the runs. ``dumpd(model)`` itself is
+        unchanged: it is the round trip, for the caller's own storage.
+        """
+        serialized = dict(super()._serialized)
+        kwargs = serialized.get("kwargs")
+        if isinstance(kwargs, dict):
+            kwargs = dict(kwargs)
+            for name, shown in (
+                ("backend", self.resolved_model_name),
+                ("judge", self.resolved_judge_name),
+            ):
+                value = kwargs.get(name)
+                if isinstance(value, str):
+                    kwargs[name] = spec_display_name(value)
+                elif isinstance(value, dict) and "repr" in value:
+                    kwargs[name] = {**value, "repr": shown}
+            serialized["kwargs"] = kwargs
+        return serialized
 
     @classmethod
     def get_lc_namespace(cls) -> list[str]:

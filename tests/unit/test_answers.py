@@ -317,11 +317,15 @@ def test_math_equivalent_treats_math_verify_errors_as_not_equivalent(
     def slow(*args: object, **kwargs: object) -> object:
         raise TimeoutException("took too long")  # a BaseException, not an Exception
 
-    # Pairs math-verify would accept, used nowhere else: the (cached) False comes from the error.
+    # Pairs math-verify accepts; the comparison itself (as the verifier process runs it) says False
+    # on the error. Through math_equivalent it runs in that process, out of monkeypatch's reach.
+    from deepprune_lc.core.answers.equivalence import _verify_direct
+
+    assert _verify_direct("17/3", r"\frac{17}{3}", timeouts=False)
     monkeypatch.setattr(math_verify, "parse", boom)
-    assert not math_equivalent("17/3", r"\frac{17}{3}")
+    assert not _verify_direct("17/3", r"\frac{17}{3}", timeouts=False)
     monkeypatch.setattr(math_verify, "parse", slow)
-    assert not math_equivalent("17/3", r"\frac{34}{6}")
+    assert not _verify_direct("17/3", r"\frac{34}{6}", timeouts=False)
 
 
 def test_math_verify_timeout_warning_is_silenced(

@@ -77,12 +77,12 @@ def test_settings_are_frozen_and_default_to_yes_no() -> None:
 
 def test_judge_prompt_chat_and_plain() -> None:
     settings = LLMJudgeSettings(template="A: {prefix_a}\nB: {prefix_b}\nSame?")
-    text = "A: First we add 3 and 4.\nB: So 7.\nSame?"
+    text = "A: > First we add 3 and 4.\nB: > So 7.\nSame?"  # each prefix quoted
     assert settings.judge_text(PAIR) == text
     assert settings.judge_prompt(PAIR, chat=True) == [{"role": "user", "content": text}]
     assert settings.judge_prompt(PAIR, chat=False) == text + "\nAnswer:"
     braces = LLMJudgeSettings(template="{{json}} {prefix_a} | {prefix_b}")
-    assert braces.judge_text(PAIR) == "{json} First we add 3 and 4. | So 7."
+    assert braces.judge_text(PAIR) == "{json} > First we add 3 and 4. | > So 7."
 
 
 @pytest.mark.parametrize(("yes", "no"), [(0.0, 0.0), (2.5, -1.0), (-3.0, 4.0), (30.0, -30.0)])

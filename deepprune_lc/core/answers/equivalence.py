@@ -3,31 +3,98 @@
 ``math_verify`` (sympy underneath) is imported lazily, on the first comparison that needs it, so
 importing the core stays cheap; it is the one import of the core beyond the standard library and
 pydantic (an explicit exception in the import contracts).
+
+Bounded in time and memory. A vote must never hang on an answer, and sympy has inputs it never
+finishes (deep nesting, huge symbolic powers) and cannot be interrupted from another thread. So:
+
+* static limits first, before anything is parsed: length (:data:`MAX_VERIFY_CHARS`), bracket
+  nesting (:data:`MAX_NESTING_DEPTH`), then on the parsed tree the size of the number it denotes
+  (:data:`MAX_ANSWER_DIGITS`) and of symbolic powers (:data:`MAX_SYMBOLIC_EXPONENT`);
+* what passes them runs in a separate verifier process (``_verify_worker``), on its main thread,
+  so math-verify's own ``signal.alarm`` timeouts work there, under a memory limit
+  (:data:`VERIFY_MEMORY_BYTES`); the process is killed and replaced when one comparison takes
+  longer than :data:`VERIFY_TIMEOUT_S`, and an answer that timed out is compared only as a string
+  from then on.
+
+Any limit hit means "compare as strings" (after normalisation), logged; it never raises.
+
+Exactness. math-verify compares numbers in floating point, so distinct exact values closer than
+double precision (``\\sqrt{\\sqrt{...\\sqrt{2}}}`` and the same of 3, sixty deep, both ~1) would merge.
+Rule: when both answers are numbers written without a decimal point (integers, fractions,
+radicals, constants, finite sums), two values that agree to a part in a million but differ at
+:data:`EXACT_DIGITS` significant digits are different answers, whatever math-verify says; an
+answer written with a decimal point keeps math-verify's tolerance (``0.5`` ~ ``\\frac12``, its
+rounding of long decimals), and so do values it matches by a rule of its own (``5`` ~ ``5\\%``).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import json
 import logging
 import math
+import os
 import re
+import select
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 __all__ = [
+    "EXACT_DIGITS",
     "MAX_ANSWER_DIGITS",
+    "MAX_NESTING_DEPTH",
+    "MAX_SYMBOLIC_EXPONENT",
     "MAX_VERIFY_CHARS",
+    "VERIFY_MEMORY_BYTES",
+    "VERIFY_TIMEOUT_S",
     "choice_equivalent",
     "exact_equivalent",
     "math_equivalent",
 ]
 
 
-#: Longest answer (after normalisation) that is handed to math-verify. We must disable its
-#: ``signal.alarm`` timeout to run off the main thread, so this length cap is what bounds the cost
-#: of one symbolic comparison instead. Real final answers are far shorter; anything longer is
-#: almost always a runaway extraction, which only string equality may match.
+_log = logging.getLogger(__name__)
+
+#: Longest answer (after normalisation) that is handed to math-verify. Real final answers are far
+#: shorter; anything longer is almost always a runaway extraction, which only string equality may
+#: match.
 MAX_VERIFY_CHARS = 512
+
+#: Deepest bracket nesting (``{``, ``(``, ``[``) an answer may have before it is parsed: math-verify's
+#: LaTeX parser and sympy recurse per level, and 250-deep braces or 40-deep ``\\frac`` never finish.
+MAX_NESTING_DEPTH = 24
+
+#: Largest exponent of a power whose base is a sum with free symbols: sympy expands
+#: ``(x+1)^{5000}`` term by term when comparing it, which ran for minutes (``x^{5000}`` is fine).
+MAX_SYMBOLIC_EXPONENT = 64
+
+#: Seconds the verifier process may spend on one comparison before it is killed and replaced.
+VERIFY_TIMEOUT_S = 5.0
+
+#: Address-space limit of the verifier process (sympy and math-verify need about 300 MB).
+VERIFY_MEMORY_BYTES = 2 * 1024**3
+
+#: Significant digits two exact numeric answers must share to be one vote (see the module doc).
+EXACT_DIGITS = 40
+
+#: Relative difference under which two exact numbers look equal to a floating-point comparison.
+_CLOSE = 1e-6
+
+#: math-verify's own per-call timeouts inside the verifier process (whole seconds: signal.alarm).
+_PARSE_TIMEOUT_S = 2
+_VERIFY_CALL_TIMEOUT_S = 2
+
+#: Seconds to wait for a new verifier process to import sympy and say it is ready.
+_WORKER_START_TIMEOUT_S = 120.0
+
+#: Answers that timed out once; compared as strings from then on (bounded: oldest dropped).
+_MAX_SLOW_ANSWERS = 4096
 
 #: Largest number, in decimal digits, an answer may denote before math-verify compares it. The
 #: length cap alone does not bound the work: ``parse`` keeps expressions unevaluated, but
@@ -65,8 +132,8 @@ def _as_latex(answer: str) -> str:
 
 
 class _DropTimeoutDisabledWarning(logging.Filter):
-    """Hide math-verify's "Timeout is disabled" warning: we disable it on purpose and bound the
-    cost ourselves (:data:`MAX_VERIFY_CHARS`, :data:`MAX_ANSWER_DIGITS`), so it would only alarm."""
+    """Hide math-verify's "Timeout is disabled" warning: outside the verifier process its timeouts
+    are off on purpose (they need the main thread), so it would only alarm."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Timeout is disabled")
@@ -169,49 +236,267 @@ def _digit_bound(node: Any, bounds: _Bounds | None = None) -> float:
     return 0.0  # strings and other non-sympy leftovers of parse()
 
 
+def _big_symbolic_power(node: Any) -> bool:
+    """Whether the tree holds a power of a symbolic base with an exponent over the limit."""
+    import sympy
+
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, sympy.Basic):
+            continue
+        if (
+            isinstance(item, sympy.Pow)
+            and item.base.free_symbols
+            and item.base.has(sympy.Add)  # x^{1000} is one term; (x+1)^{1000} expands
+            and _value_bound(item.exp, {}) > MAX_SYMBOLIC_EXPONENT
+        ):
+            return True
+        stack.extend(item.args)
+    return False
+
+
 def _too_big(parsed: list[Any]) -> bool:
-    """Whether comparing these parsed answers could make sympy build an enormous number."""
-    return any(_digit_bound(item) > MAX_ANSWER_DIGITS for item in parsed)
+    """Whether comparing these parsed answers could make sympy build an enormous number or
+    expansion."""
+    return any(
+        _digit_bound(item) > MAX_ANSWER_DIGITS or _big_symbolic_power(item) for item in parsed
+    )
 
 
-@functools.lru_cache(maxsize=8192)
-def _verify_pair(first: str, second: str) -> bool:
-    """Symbolic equivalence of two answers, in both directions, via math-verify.
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting of a string (unbalanced closers are ignored)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "})]" and depth:
+            depth -= 1
+    return deepest
+
+
+def _exact_enough(gold: list[Any], pred: list[Any]) -> bool:
+    """The exactness rule (module doc): False for two exact numbers that only a floating-point
+    tolerance could merge (equal to :data:`_CLOSE` relative, different at :data:`EXACT_DIGITS`).
+
+    Only the first parsed item of each side (math-verify's main reading) is checked, and only when
+    both are numbers without a decimal literal; anything else keeps math-verify's decision, as do
+    values that differ grossly (math-verify matched them by one of its rules, such as reading
+    ``5\\%`` as 5, not by a tolerance).
+    """
+    import sympy
+
+    first, second = gold[0], pred[0]
+    if not all(isinstance(item, sympy.Expr) for item in (first, second)):
+        return True
+    if (
+        first.free_symbols
+        or second.free_symbols
+        or first.has(sympy.Float)
+        or second.has(sympy.Float)
+    ):
+        return True
+    digits = EXACT_DIGITS + 20
+    try:
+        a = sympy.N(first.doit(), digits)
+        b = sympy.N(second.doit(), digits)
+        if not (a.is_number and b.is_number) or a.has(sympy.I) or b.has(sympy.I):
+            return True
+        scale = max(sympy.Float(1), abs(a), abs(b))
+        difference = abs(a - b)
+        if difference <= scale * sympy.Float(10) ** (-EXACT_DIGITS):
+            return True
+        return bool(difference > scale * _CLOSE)
+    except Exception:
+        return False  # a value that cannot be evaluated is not shown to be the same number
+
+
+def _verify_direct(first: str, second: str, *, timeouts: bool) -> bool:
+    """Symbolic equivalence of two answers, in both directions, via math-verify, in this process.
 
     ``verify`` is asymmetric (gold vs. prediction) but a vote needs a symmetric relation, so either
-    direction counts. Timeouts are disabled (``None``) because math-verify implements them with
-    ``signal.alarm``, which raises outside the main thread; :data:`MAX_VERIFY_CHARS` and
-    :data:`MAX_ANSWER_DIGITS` bound the work instead. Any failure inside math-verify or sympy means
-    "not shown equivalent".
+    direction counts. ``timeouts`` turns on math-verify's own ``signal.alarm`` timeouts, which only
+    work on the main thread (the verifier process); the static limits apply either way. Any
+    failure inside math-verify or sympy means "not shown equivalent".
     """
     # Lazy: sympy is slow to import. math-verify ships no type information.
     from math_verify import parse, verify  # type: ignore[import-untyped]
     from math_verify.errors import TimeoutException  # type: ignore[import-untyped]
 
+    parse_timeout = _PARSE_TIMEOUT_S if timeouts else None
+    verify_timeout = _VERIFY_CALL_TIMEOUT_S if timeouts else None
     try:
-        gold = parse(_as_latex(first), parsing_timeout=None)
-        pred = parse(_as_latex(second), parsing_timeout=None)
+        gold = parse(_as_latex(first), parsing_timeout=parse_timeout)
+        pred = parse(_as_latex(second), parsing_timeout=parse_timeout)
         if not gold or not pred or _too_big(gold) or _too_big(pred):
             return False
-        return bool(
-            verify(gold, pred, timeout_seconds=None) or verify(pred, gold, timeout_seconds=None)
+        same = verify(gold, pred, timeout_seconds=verify_timeout) or verify(
+            pred, gold, timeout_seconds=verify_timeout
         )
+        return bool(same) and _exact_enough(gold, pred)
     except (Exception, TimeoutException):  # TimeoutException is a BaseException
         return False
+
+
+def warm_verifier() -> None:
+    """Import math-verify (and sympy) now; the verifier process does this before it is ready."""
+    import math_verify  # noqa: F401
+
+
+class _Verifier:
+    """The verifier process: one per interpreter, started on first use, replaced when it hangs.
+
+    It runs ``python -m deepprune_lc.core.answers._verify_worker`` and speaks one JSON line per
+    comparison over its pipes. Thread-safe (one comparison at a time); a fork gets its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid = os.getpid()
+        self._unavailable_logged = False
+        self.slow: dict[str, None] = {}
+
+    def compare(self, first: str, second: str) -> bool | None:
+        """True/False from the verifier; None when it gave no answer in time (or cannot run)."""
+        with self._lock:
+            proc = self._running()
+            if proc is None:
+                return None
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps([first, second]).encode() + b"\n")
+                proc.stdin.flush()
+                line = _readline(proc.stdout, VERIFY_TIMEOUT_S)
+            except OSError:
+                line = None
+            if line is None or line.strip() not in (b"0", b"1"):
+                self._kill()  # hung, out of memory or dead: a fresh one next time
+                return None
+            return line.strip() == b"1"
+
+    def _running(self) -> subprocess.Popen[bytes] | None:
+        if self._pid != os.getpid():  # forked: the parent's process and pipes are not ours
+            self._proc, self._pid = None, os.getpid()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        self._proc = None
+        try:
+            proc = _spawn_worker()
+            assert proc.stdout is not None
+            ready = _readline(proc.stdout, _WORKER_START_TIMEOUT_S)
+        except OSError as exc:
+            self._log_unavailable(repr(exc))
+            return None
+        if ready is None or ready.strip() != b"ready":
+            _terminate(proc)
+            self._log_unavailable("it did not start")
+            return None
+        self._proc = proc
+        return proc
+
+    def _log_unavailable(self, why: str) -> None:
+        if not self._unavailable_logged:
+            self._unavailable_logged = True
+            _log.warning(
+                "answer verifier process unavailable (%s): math answers are compared as strings",
+                why,
+            )
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._kill()
+
+
+def _readline(stream: IO[bytes], timeout: float) -> bytes | None:
+    """One line from a pipe within ``timeout`` seconds, or None (timed out or closed)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        return None
+    line = stream.readline()
+    return line or None
+
+
+def _spawn_worker() -> subprocess.Popen[bytes]:
+    # The package's own root first, so the child imports this very deepprune_lc.
+    root = str(Path(__file__).resolve().parents[3])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env["DEEPPRUNE_VERIFY_MEMORY_BYTES"] = str(VERIFY_MEMORY_BYTES)
+    return subprocess.Popen(
+        [sys.executable, "-m", "deepprune_lc.core.answers._verify_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        close_fds=True,
+    )
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a killed process exits at once
+        proc.wait(timeout=5)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+_verifier = _Verifier()
+atexit.register(_verifier.close)
+
+
+@functools.lru_cache(maxsize=8192)
+def _verify_pair(first: str, second: str) -> bool:
+    """Symbolic equivalence of a (sorted) pair, in the verifier process, bounded in time.
+
+    An answer whose comparison timed out is remembered as slow: every later comparison with it is
+    a string comparison (already done by the caller), so one pathological answer costs at most one
+    timeout per process.
+    """
+    slow = _verifier.slow
+    if first in slow or second in slow:
+        return False
+    result = _verifier.compare(first, second)
+    if result is None:
+        _log.warning(
+            "math answers %.60r and %.60r: no verdict within %.1f s; compared as strings",
+            first,
+            second,
+            VERIFY_TIMEOUT_S,
+        )
+        for answer in (first, second):
+            slow[answer] = None
+        while len(slow) > _MAX_SLOW_ANSWERS:
+            del slow[next(iter(slow))]
+        return False
+    return result
 
 
 def math_equivalent(a: str, b: str) -> bool:
     """Whether two math answers denote the same value (``0.5`` ~ ``\\frac{1}{2}``, ``x=5`` ~ ``5``).
 
-    Cheap normalised string equality first; otherwise math-verify, unless either answer is longer
-    than :data:`MAX_VERIFY_CHARS` or could denote a number of more than :data:`MAX_ANSWER_DIGITS`
-    digits (those are equivalent only when their strings are). Results are cached on the
-    unordered pair. Safe to call from any thread.
+    Cheap normalised string equality first; otherwise math-verify in the verifier process, unless
+    an answer is over a static limit (module doc): those, and comparisons that time out, are
+    equivalent only when their strings are. Results are cached on the unordered pair. Safe to call
+    from any thread; never raises, never takes much longer than :data:`VERIFY_TIMEOUT_S`.
     """
     norm_a, norm_b = _normalise_math(a), _normalise_math(b)
     if norm_a == norm_b:
         return True
     if not norm_a or not norm_b or max(len(norm_a), len(norm_b)) > MAX_VERIFY_CHARS:
+        return False
+    if max(_nesting_depth(norm_a), _nesting_depth(norm_b)) > MAX_NESTING_DEPTH:
+        _log.debug("math answers nested deeper than %d: compared as strings", MAX_NESTING_DEPTH)
         return False
     first, second = sorted((a.strip(), b.strip()))
     return _verify_pair(first, second)

@@ -70,6 +70,7 @@ from deepprune_lc.judges import (
     judge_prefill_tokens,
     label_token_ids,
     logistic,
+    special_token_strings,
     yes_probability,
 )
 from deepprune_transformers.models import limit_cpu_threads, pick_device
@@ -508,7 +509,9 @@ class TransformersJudge(_LazyModelJudge):
 
     def _prompt_ids(self, pair: PrefixPair) -> list[int]:
         tokenizer = self._tokenizer
-        prompt = self.config.judge_prompt(pair, chat=has_chat_template(tokenizer))
+        prompt = self.config.judge_prompt(
+            pair, chat=has_chat_template(tokenizer), special_tokens=special_token_strings(tokenizer)
+        )
         return list(render_prompt_ids(tokenizer, prompt, model_name=self.model_name))
 
     def _max_prompt_tokens(self) -> int | None:

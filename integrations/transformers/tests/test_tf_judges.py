@@ -340,7 +340,7 @@ async def test_transformers_judge_prompt_uses_template_and_chat(
         scores = await judge.score([pair("two plus two", "four")])
         assert judge.loaded
         text = judge._tokenizer.decode(judge.prompt_ids(pair("two plus two", "four")))
-        assert text.startswith("<|im_start|>user\nA: two plus two\nB: four\nSame?<|im_end|>")
+        assert text.startswith("<|im_start|>user\nA: > two plus two\nB: > four\nSame?<|im_end|>")
         assert text.endswith("<|im_start|>assistant\n")
         assert scores.prefill_tokens == len(judge.prompt_ids(pair("two plus two", "four")))
         # Duplicate pairs are computed once and read once.

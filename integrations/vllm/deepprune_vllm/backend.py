@@ -169,6 +169,7 @@ class VLLMBackend:
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """Tokens the prompt occupies once templated (what the engine prefills)."""
+        _check_text(prompt)
         return self._renderer.count(prompt)
 
     # ------------------------------------------------------------------ answer probes
@@ -304,6 +305,7 @@ class VLLMBackend:
         ``cache=False`` is for one-off prompts (a judge's pair prompts) that would only evict the
         ones worth keeping.
         """
+        _check_text(prompt)
         return list(self._renderer.ids(prompt, cache=cache))
 
     # ------------------------------------------------------------------ engine-loop side
@@ -323,13 +325,21 @@ class VLLMBackend:
             if request_id in self._abort_requested:
                 yield TraceDelta((), "", "abort")  # aborted before it reached the engine
                 return
+            _check_text(request.prompt)
             prompt_ids = self._renderer.ids(request.prompt)
-            if resume and len(prompt_ids) + len(resume) >= engine.model_config.max_model_len:
+            max_model_len = _max_model_len(engine)
+            if resume and len(prompt_ids) + len(resume) >= max_model_len:
                 yield TraceDelta((), "", "length")  # resumed at the end of the context window
                 return
             trace = self._traces[request_id] = _Trace(prompt_ids, list(resume))
+            # No trace outgrows the model length: a larger budget is capped before it reaches vLLM
+            # (10**30 overflowed vLLM's serialiser and left the request in its table for good).
+            sampling = request.sampling
+            room = max_model_len - len(prompt_ids)
+            if sampling.max_tokens is not None and 0 < room < sampling.max_tokens:
+                sampling = sampling.model_copy(update={"max_tokens": room})
             params = build_sampling_params(
-                request.sampling,
+                sampling,
                 seed=request.seed,
                 resumed_tokens=len(resume),
                 logprobs=self.logprobs,
@@ -538,6 +548,30 @@ async def _close_pump(channel: _Channel) -> None:
     if task is not None and not task.done():
         task.cancel()
         await asyncio.wait([task])
+
+
+def _max_model_len(engine: AsyncLLM) -> int:
+    return int(engine.model_config.max_model_len)
+
+
+def _check_text(prompt: Prompt) -> None:
+    """Refuse a prompt that is not valid text, naming the problem (the tokenizer raises a bare
+    ``TypeError`` on a lone surrogate, a code point no UTF-8 text can hold)."""
+    texts = [prompt] if isinstance(prompt, str) else [_content_text(m) for m in prompt]
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            where = "the prompt" if isinstance(prompt, str) else f"message {index} of the prompt"
+            raise ValueError(
+                f"{where} holds a lone surrogate {text[exc.start]!r} at character {exc.start}: "
+                "not valid text (decode bytes with errors='replace' or drop it)"
+            ) from None
+
+
+def _content_text(message: Any) -> str:
+    content = message.get("content", "") if isinstance(message, Mapping) else message
+    return content if isinstance(content, str) else ""
 
 
 def _finish_reason(reason: str | None, request_id: str) -> FinishReason:

@@ -15,8 +15,18 @@ Why a holder instead of a bare engine:
 * **Shut down cleanly.** ``shutdown()`` aborts what is still running, stops the output handler and
   terminates the engine-core process; an ``atexit`` hook does it for every engine still alive.
 * **Typed failures.** ``engine_failures`` turns what vLLM raises while serving a request into the
-  core's ``BackendError``, and vLLM's ``EngineDeadError`` (the engine-core process is gone: every
-  later request fails too) into ``BackendDeadError``, for the backend and the judge alike.
+  core's ``BackendError``, and vLLM's ``EngineDeadError`` (the engine-core process is gone) into
+  ``BackendDeadError``, for the backend and the judge alike.
+* **Restarted after death.** A dead engine fails every request until it is shut down, so the next
+  use of a dead engine shuts it down and builds a new one (logged as a warning); only the requests
+  that were running when it died fail.
+* **CPU build: no split prefill.** When a step's prefills exceed ``max_num_batched_tokens``, vLLM's
+  chunked prefill splits one, discards the token sampled for the partial prefill and rewinds that
+  request's seeded generator (``gen.set_offset(gen.get_offset() - 4)`` in the model runner); a CPU
+  ``torch.Generator`` has no offset (``RuntimeError: CPU Generator does not use offset``), and the
+  engine died. Every DeepPrune trace is seeded, so on the CPU platform chunked prefill is off unless
+  the engine arguments set it: vLLM then sizes ``max_num_batched_tokens`` to at least the model
+  length and schedules a prompt whole or in a later step, never in pieces.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import dataclasses
 import difflib
 import gc
 import json
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
@@ -46,6 +57,7 @@ __all__ = [
     "engine_arg_names",
     "engine_failures",
     "normalise_engine_args",
+    "platform_engine_args",
     "shared_engine",
     "shutdown_engines",
 ]
@@ -53,6 +65,8 @@ __all__ = [
 #: Defaults that differ from vLLM's own. Prefix caching is what makes resuming a parked trace cheap:
 #: prompt + already-generated ids are a cache hit instead of a fresh prefill.
 ENGINE_DEFAULTS: dict[str, Any] = {"enable_prefix_caching": True}
+
+_log = logging.getLogger(__name__)
 
 #: Seconds ``shutdown`` waits for the engine loop to abort requests and stop the output handler.
 _QUIESCE_TIMEOUT_S = 10.0
@@ -103,6 +117,26 @@ def normalise_engine_args(
     return {"model": model, **ENGINE_DEFAULTS, **merged}
 
 
+def platform_engine_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments an engine is built with on this platform: on the CPU build, chunked prefill off
+    unless set (see the module docstring: a split prefill of a seeded request kills the engine)."""
+    built = dict(args)
+    if "enable_chunked_prefill" not in built:
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            built["enable_chunked_prefill"] = False
+    return built
+
+
+def _is_dead(engine: AsyncLLM) -> bool:
+    """Whether an engine can no longer serve (its core process died, or its output handler)."""
+    try:
+        return bool(engine.errored)
+    except Exception:  # pragma: no cover - a half torn-down engine
+        return True
+
+
 @lru_cache(maxsize=1)
 def _engine_dead_error() -> type[BaseException] | None:
     """vLLM's ``EngineDeadError``, or None where this vLLM has no such class (or none imports)."""
@@ -129,8 +163,7 @@ def engine_failures(what: str) -> Iterator[None]:
         dead = _engine_dead_error()
         if dead is not None and isinstance(exc, dead):
             raise BackendDeadError(
-                f"{what}: the vLLM engine is dead; every request fails until it is restarted "
-                "(shut the backend down and use it again)"
+                f"{what}: the vLLM engine is dead; it is shut down and restarted on the next use"
             ) from exc
         raise BackendError(f"{what}: vLLM failed: {exc!r}") from exc
 
@@ -185,11 +218,35 @@ class SharedEngine:
         return self._engine
 
     async def engine(self) -> AsyncLLM:
-        """The engine, started on first use; awaiting callers share one start."""
+        """The engine, started on first use; awaiting callers share one start.
+
+        A dead engine (its core process gone) is shut down here and a new one built: the requests
+        that were running when it died have failed, the next ones are served again.
+        """
         engine = self._engine
-        if engine is not None:
+        if engine is not None and not _is_dead(engine):
             return engine
+        if engine is not None:
+            await self._retire(engine)
         return await asyncio.wrap_future(self._start_future())
+
+    async def _retire(self, engine: AsyncLLM) -> None:
+        """Take a dead engine out (once, however many callers saw it dead) and shut it down."""
+        with self._lock:
+            if self._engine is not engine:
+                return  # another caller retired it already; its restart is under way
+            self._engine, self._starting = None, None
+        _log.warning(
+            "vLLM engine for %r is dead (its engine-core process exited); shutting it down and "
+            "restarting it",
+            self.args["model"],
+        )
+        handler = engine.output_handler
+        if handler is not None and not handler.done() and self.on_loop():
+            handler.cancel()
+            await asyncio.wait([handler])
+        engine.output_handler = None
+        await asyncio.to_thread(_close, engine)
 
     def start(self, timeout: float | None = None) -> AsyncLLM:
         """Start the engine (if needed) and block until it is up. Not from the engine loop."""
@@ -226,7 +283,7 @@ class SharedEngine:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
-            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.args))
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**platform_engine_args(self.args)))
         except BaseException as exc:
             future.set_exception(exc)
             return

@@ -28,6 +28,7 @@ from deepprune_lc.judges import (
     distinct_prompts,
     judge_prefill_tokens,
     label_token_ids,
+    special_token_strings,
     yes_probability,
 )
 from deepprune_vllm.backend import VLLMBackend
@@ -104,10 +105,13 @@ class VLLMJudge:
 
     def prompt_ids(self, pair: PrefixPair) -> list[int]:
         """Token ids of the judge prompt for one pair, as the engine reads them (not cached)."""
-        chat = has_chat_template(self.backend.tokenizer)
-        return self.backend.prompt_token_ids(
-            self.settings.judge_prompt(pair, chat=chat), cache=False
+        tokenizer = self.backend.tokenizer
+        prompt = self.settings.judge_prompt(
+            pair,
+            chat=has_chat_template(tokenizer),
+            special_tokens=special_token_strings(tokenizer),
         )
+        return self.backend.prompt_token_ids(prompt, cache=False)
 
     async def _score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
         from vllm import SamplingParams
