@@ -31,6 +31,7 @@ from deepprune_lc.testing.backend_suite import (  # noqa: E402
 from deepprune_lc.testing.fakes import (  # noqa: E402
     ConstantJudge,
     DeafBackend,
+    DelegatingBackend,
     FailingBackend,
     FailingJudge,
     ScriptedJudge,
@@ -44,6 +45,7 @@ __all__ = [
     "BackendConformanceTests",
     "ConstantJudge",
     "DeafBackend",
+    "DelegatingBackend",
     "FailingBackend",
     "FailingJudge",
     "IntegrationSuiteSettings",

@@ -33,6 +33,7 @@ from deepprune_lc.judges.fixed import ConstantJudge
 __all__ = [
     "ConstantJudge",
     "DeafBackend",
+    "DelegatingBackend",
     "FailingBackend",
     "FailingJudge",
     "ScriptedJudge",
@@ -144,6 +145,28 @@ class SlowJudge:
         finally:
             self.in_flight -= 1
         return await self.inner.score(pairs)
+
+
+class DelegatingBackend:
+    """Passes everything to ``inner``: the base of a wrapper that changes one thing (records what it
+    sees, breaks one rule of the port), so the rest stays the wrapped backend's."""
+
+    def __init__(self, inner: GenerationBackend) -> None:
+        self.inner = inner
+
+    def stream(self, request: TraceRequest) -> AsyncIterator[TraceDelta]:
+        return self.inner.stream(request)
+
+    async def abort(self, request_id: str) -> None:
+        await self.inner.abort(request_id)
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        return self.inner.count_prompt_tokens(prompt)
+
+    def live_requests(self) -> set[str]:
+        """The wrapped backend's live requests (empty when it cannot tell)."""
+        probe = getattr(self.inner, "live_requests", None)
+        return set(probe()) if probe is not None else set()
 
 
 class FailingBackend:

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 from deepprune_lc import JudgeScores, PrefixPair, ReplayBackend, TraceDelta, TraceRequest
-from deepprune_lc.core.ports import Prompt
+from deepprune_lc.testing import DelegatingBackend
 
 __all__ = [
     "QUESTION",
@@ -37,21 +37,7 @@ def synthetic_backend(n_traces: int = 8, tokens: int = 200) -> ReplayBackend:
     )
 
 
-class _Wrapped:
-    def __init__(self, inner: ReplayBackend) -> None:
-        self.inner = inner
-
-    def stream(self, request: TraceRequest) -> AsyncIterator[TraceDelta]:
-        return self.inner.stream(request)
-
-    async def abort(self, request_id: str) -> None:
-        await self.inner.abort(request_id)
-
-    def count_prompt_tokens(self, prompt: Prompt) -> int:
-        return self.inner.count_prompt_tokens(prompt)
-
-    def live_requests(self) -> set[str]:
-        return self.inner.live_requests()
+_Wrapped = DelegatingBackend
 
 
 class StallingBackend(_Wrapped):

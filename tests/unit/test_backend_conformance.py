@@ -10,8 +10,13 @@ import pytest
 
 from deepprune_lc.backends import ReplayBackend
 from deepprune_lc.core.config import SamplingConfig
-from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
-from deepprune_lc.testing import BackendConformanceTests, DeafBackend, FailingBackend
+from deepprune_lc.core.ports import GenerationBackend, TraceDelta, TraceRequest
+from deepprune_lc.testing import (
+    BackendConformanceTests,
+    DeafBackend,
+    DelegatingBackend,
+    FailingBackend,
+)
 
 PROMPT = "A synthetic question: what is the answer?"
 
@@ -79,23 +84,7 @@ async def test_deaf_backend_ignores_aborts() -> None:
 # -- the suite catches broken backends --------------------------------------------------------------
 
 
-class _Wrapper:
-    """Delegates everything to a replay backend (subclasses break one rule)."""
-
-    def __init__(self, inner: ReplayBackend) -> None:
-        self.inner = inner
-
-    def stream(self, request: TraceRequest) -> AsyncIterator[TraceDelta]:
-        return self.inner.stream(request)
-
-    async def abort(self, request_id: str) -> None:
-        await self.inner.abort(request_id)
-
-    def count_prompt_tokens(self, prompt: Prompt) -> int:
-        return self.inner.count_prompt_tokens(prompt)
-
-    def live_requests(self) -> set[str]:
-        return self.inner.live_requests()
+_Wrapper = DelegatingBackend  # delegates everything (subclasses below break one rule)
 
 
 class _ReEmitting(_Wrapper):

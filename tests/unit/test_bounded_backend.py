@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator
 
 import pytest
 
@@ -23,71 +24,53 @@ from deepprune_lc.core.ports import (
     TraceRequest,
 )
 from deepprune_lc.demo import load_demo_pool
-from deepprune_lc.testing import BackendConformanceTests, ConstantJudge
+from deepprune_lc.testing import ConstantJudge, DelegatingBackend
+from tests.unit.test_backend_conformance import PROMPT
+from tests.unit.test_backend_conformance import (
+    TestReplayBackendConformance as ReplayConformance,  # not collected here: not named Test*
+)
 
-PROMPT = "A synthetic question: what is the answer?"
 QUESTIONS = {problem.problem: problem.answer for problem in load_demo_pool().problems}
 
 
-class TestBoundedBackendConformance(BackendConformanceTests):
-    """The wrapper passes the contract of the backend it wraps (bound = the suite's concurrency)."""
+class TestBoundedBackendConformance(ReplayConformance):
+    """The wrapper passes the contract of the replay backend it wraps (bound = the suite's
+    concurrency), held to the same settings."""
 
     @pytest.fixture
-    def backend(self) -> BoundedBackend:
+    def backend(self) -> BoundedBackend:  # type: ignore[override]
         inner = ReplayBackend.synthetic(8, 600, prompt=PROMPT, answers=["7", "12"], yield_every=1)
         return BoundedBackend(inner, max_in_flight=self.concurrent_streams)
 
-    @property
-    def text_prompt(self) -> str:
-        return PROMPT
 
-    @property
-    def min_distinct_reference_ids(self) -> int:
-        return 6
-
-    @property
-    def stop_max_tokens(self) -> int:
-        return 2048
-
-    @property
-    def probes_on_this_prompt(self) -> bool:
-        return False  # text traces record no probes (tests/unit/test_probe_pools.py probes replay)
-
-
-class CountingBackend:
+class CountingBackend(DelegatingBackend):
     """The replay backend, recording which prompt each stream that reached it was for."""
 
     def __init__(self, inner: ReplayBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.started: list[str] = []
         self.open = 0
         self.peak = 0
 
-    async def _stream(self, request: TraceRequest):  # type: ignore[no-untyped-def]
+    async def _stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
         self.started.append(str(request.prompt))
         self.open += 1
         self.peak = max(self.peak, self.open)
         try:
-            async with contextlib.aclosing(self.inner.stream(request)) as stream:
+            async with contextlib.aclosing(self.inner.stream(request)) as stream:  # type: ignore[type-var]
                 async for delta in stream:
                     yield delta
         finally:
             self.open -= 1
 
-    def stream(self, request: TraceRequest):  # type: ignore[no-untyped-def]
+    def stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
         return self._stream(request)
-
-    async def abort(self, request_id: str) -> None:
-        await self.inner.abort(request_id)
-
-    def count_prompt_tokens(self, prompt: object) -> int:
-        return self.inner.count_prompt_tokens(prompt)  # type: ignore[arg-type]
 
 
 def demo_backend(bound: int) -> tuple[BoundedBackend, CountingBackend, ReplayBackend]:
     replay = ReplayBackend(load_demo_pool(), yield_every=1)
     counting = CountingBackend(replay)
-    return BoundedBackend(counting, max_in_flight=bound), counting, replay  # type: ignore[arg-type]
+    return BoundedBackend(counting, max_in_flight=bound), counting, replay
 
 
 def request(prompt: str, i: int, max_tokens: int = 40) -> TraceRequest:
