@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepprune_lc.core.config import ProbeClustering, RunConfig, SamplingConfig
+from deepprune_lc.core.config import RunConfig, SamplingConfig
 from deepprune_lc.core.controllers import (
     AbortReason,
     AbortTrace,
@@ -200,14 +200,6 @@ class Driver:
         listeners: Sequence[EventListener] = (),
         policy: str | None = None,
     ) -> None:
-        settings = getattr(judge, "probe_clustering", None)
-        enable = getattr(controller, "enable_probes", None)
-        if (
-            isinstance(settings, ProbeClustering)
-            and enable is not None
-            and getattr(controller, "probe", None) is None
-        ):
-            enable(settings)  # the probe judge: cluster by probe answers, no pair calls
         if getattr(controller, "needs_probes", False):
             _check_probing(backend, prompt)
         if controller.needs_judge and judge is None:

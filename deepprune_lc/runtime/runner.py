@@ -14,6 +14,7 @@ from deepprune_lc.core.answers import AnswerRules
 from deepprune_lc.core.config import (
     DEFAULT_IDLE_TIMEOUT_S,
     EarlyStoppingConfig,
+    ProbeClustering,
     PruningConfig,
     RunConfig,
     SamplingConfig,
@@ -161,6 +162,11 @@ class DeepPrune(_ParallelRunner):
 
     def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
         config = fit_n_traces(self.config, self.backend, prompt)
+        settings = getattr(self.judge, "probe_clustering", None)
+        if config.probe is None and isinstance(settings, ProbeClustering):
+            # The probe judge: cluster by probe answers, no pair calls (decided here, once, so
+            # the controller is built for it and the driver needs to know nothing of judges).
+            config = config.model_copy(update={"probe": settings})
         controller = DeepPruneController(config, guarded_rules(self.answers))
         return Driver(
             self.backend,

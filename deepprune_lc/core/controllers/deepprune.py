@@ -74,7 +74,7 @@ class DeepPruneController(Controller):
         self._finalists: set[int] = set()
         self._leading: list[int] = []
         self._extra_left: int | None = None
-        #: Probe clustering (``PruningConfig.probe``, or ``enable_probes`` before the start).
+        #: Probe clustering (``PruningConfig.probe``; the runner sets it for the ``probe`` judge).
         self.probe: ProbeClustering | None = config.probe
         self.probes_answered = 0
         self._recent_probes: dict[int, deque[str | None]] = {}
@@ -90,12 +90,6 @@ class DeepPruneController(Controller):
     def needs_probes(self) -> bool:
         """Whether the driver's backend must answer probes (``AnswerProbing``)."""
         return self.n_traces > 1 and self.probe is not None
-
-    def enable_probes(self, settings: ProbeClustering) -> None:
-        """Cluster by answer probes (the ``probe`` judge asks for it); only before the start."""
-        if any(t.status is not None for t in self.traces):
-            raise RuntimeError("enable_probes: the run has started; choose probes before it")
-        self.probe = settings
 
     def monitor(self, trace_id: int) -> TraceMonitor | None:
         """Every trace is watched until its prefix is complete (unless there is nothing to judge);
