@@ -123,7 +123,7 @@ class ReplayBackend:
         reuse: Literal["error", "cycle"] = "cycle",
         fallback_problem: str | None = None,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-        probe_answers: Literal["recorded", "final"] = "recorded",
+        probe_answers: Literal["recorded", "final", "adversarial"] = "recorded",
     ) -> None:
         if not isinstance(pool, TracePool):
             raise ValueError(f"pool: expected a TracePool, got {type(pool).__name__}")
@@ -141,11 +141,19 @@ class ReplayBackend:
             raise ValueError(f"chunk_tokens: must be an integer >= 1, got {chunk_tokens!r}")
         if reuse not in ("error", "cycle"):
             raise ValueError(f"reuse: must be 'error' or 'cycle', got {reuse!r}")
-        if probe_answers not in ("recorded", "final"):
-            raise ValueError(f"probe_answers: must be 'recorded' or 'final', got {probe_answers!r}")
+        if probe_answers not in ("recorded", "final", "adversarial"):
+            raise ValueError(
+                "probe_answers: must be 'recorded', 'final' or 'adversarial', "
+                f"got {probe_answers!r}"
+            )
         #: ``"final"``: every probe answers the trace's recorded final answer, from its first
         #: token on. Not a model's behaviour: the oracle a bench measures better probes against.
+        #: ``"adversarial"``: the worst probes there are, the always-wrong judge of a bench: a
+        #: trace's probe names its rank among the problem's traces with the same final answer
+        #: (``wrong-0``, ``wrong-1``, ...), so probe classes join traces with different final
+        #: answers and never two with the same one; no probe names a real answer.
         self.probe_answers = probe_answers
+        self._ranks: dict[str, list[int]] = {}
         self.pool = pool
         self.tokenizer: RegexTokenizer = tokenizer if tokenizer is not None else RegexTokenizer()
         self.seconds_per_token = float(seconds_per_token)
@@ -210,6 +218,10 @@ class ReplayBackend:
                 f"probe: trace {position.index} of problem {problem.id!r} in the pool "
                 f"{self.pool.source} records no answer probes"
             )
+        if self.probe_answers == "adversarial":
+            rank = self._same_answer_rank(problem)[position.index]
+            label = f"wrong-{rank}"
+            return ProbeReply(text=f"{label}}}", at_tokens=position.delivered, answer=label)
         if self.probe_answers == "final":
             final = trace.final_answer
             if final is None or final == NO_ANSWER or not final.strip():
@@ -222,6 +234,18 @@ class ReplayBackend:
         if answer == NO_ANSWER or not answer.strip():
             return ProbeReply(text="", at_tokens=position.delivered, unknown=True)
         return ProbeReply(text=f"{answer}}}", at_tokens=position.delivered, answer=answer)
+
+    def _same_answer_rank(self, problem: PoolProblem) -> list[int]:
+        """For each trace of ``problem``: how many earlier traces recorded the same final answer."""
+        ranks = self._ranks.get(problem.id)
+        if ranks is None:
+            seen: dict[str | None, int] = {}
+            ranks = []
+            for trace in problem.traces:
+                ranks.append(seen.get(trace.final_answer, 0))
+                seen[trace.final_answer] = ranks[-1] + 1
+            self._ranks[problem.id] = ranks
+        return ranks
 
     def records_probes(self, prompt: Prompt) -> bool:
         """Whether the prompt's problem recorded answer probes (what ``probe`` can answer)."""

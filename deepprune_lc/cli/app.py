@@ -347,11 +347,12 @@ def bench_replay(
     judges: Annotated[
         str,
         typer.Option(
-            help="DeepPrune judges, comma-separated: 'random', 'oracle' or judge specs "
+            help="DeepPrune judges, comma-separated: 'random', 'wrong' (always wrong), 'oracle' "
+            "or judge specs "
             "('lexical', 'embedding', 'probe', ...); one that does not resolve is skipped "
             "with a note"
         ),
-    ] = "lexical,embedding,probe,random,oracle",
+    ] = "lexical,embedding,probe,random,wrong,oracle",
     prefix_tokens: Annotated[int, typer.Option(min=1, help="DeepPrune's prefix, in tokens")] = 64,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="DeepPrune's tau")] = 0.5,
     finalists: Annotated[str, typer.Option(help="DeepPrune's K2 values, comma-separated")] = "4",

@@ -14,6 +14,7 @@ import functools
 import random
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from deepprune_lc.backends.pool import TracePool
 from deepprune_lc.backends.replay import ReplayBackend
@@ -68,7 +69,7 @@ __all__ = [
 
 #: Judges the bench builds itself; any other name is a judge spec string (``lexical``,
 #: ``embedding``, ``probe``, ``transformers:<model>``...) resolved through the plugin registry.
-BUILTIN_JUDGES = ("random", "oracle")
+BUILTIN_JUDGES = ("random", "oracle", "wrong")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class BenchSettings:
     resamples: int = 10
     seed: int = 0
     replace: bool = True
-    judges: tuple[str, ...] = ("lexical", "embedding", "probe", "random", "oracle")
+    judges: tuple[str, ...] = ("lexical", "embedding", "probe", "random", "wrong", "oracle")
     prefix_tokens: int = 64
     threshold: float = 0.5
     finalists: tuple[int, ...] = (4,)
@@ -121,8 +122,9 @@ class RowSpec:
     build: Callable[[GenerationBackend, TracePool, int], DeepPrune | SelfConsistency] | None = None
     #: For derived rows: the row whose per-problem numbers they read.
     source: str | None = None
-    #: A row of the oracle judge (on a text-free pool it replays probes of the final answers).
-    oracle: bool = False
+    #: What the row's replay answers probes with: its recorded probes, or for the oracle and the
+    #: always-wrong judge on a text-free pool the final answers and adversarial classes.
+    probe_answers: Literal["recorded", "final", "adversarial"] = "recorded"
 
 
 class InstantJudge:
@@ -204,6 +206,12 @@ def build_judge(name: str, pool: TracePool, resample: int, rules: AnswerRules) -
             # answers the trace's final answer (the replay of oracle rows is built for it).
             return ProbeJudge(answers=rules)
         return AnswerLookupJudge(pool, rules=rules)
+    if name == "wrong":
+        if _text_free(pool):
+            # Probe clustering on adversarial probes: every merge joins different final answers,
+            # no two traces with the same one share a cluster (the replay of its rows does that).
+            return ProbeJudge(answers=rules)
+        return AnswerLookupJudge(pool, invert=True, rules=rules)
     try:
         judge = resolve_judge(name)
     except Exception as error:  # unknown kind, missing optional dependency, bad spec
@@ -211,6 +219,13 @@ def build_judge(name: str, pool: TracePool, resample: int, rules: AnswerRules) -
     if getattr(judge, "probe_clustering", None) is not None:
         return judge  # probe clustering calls the backend, not the judge: nothing to pause for
     return InstantJudge(judge)
+
+
+#: The builtin judges whose rows replay other probes than the recorded ones (text-free pools).
+_PROBE_ANSWERS: dict[str, Literal["final", "adversarial"]] = {
+    "oracle": "final",
+    "wrong": "adversarial",
+}
 
 
 def _text_free(pool: TracePool) -> bool:
@@ -271,7 +286,10 @@ def plan_rows(settings: BenchSettings, judges: Sequence[str]) -> list[RowSpec]:
                     finalisation=finalisation,
                 )
                 key = f"deepprune_{finalisation}_{judge}_k{k2}"
-                label = "oracle judge (bound)" if judge == "oracle" else f"{judge} judge"
+                label = {
+                    "oracle": "oracle judge (bound)",
+                    "wrong": "always-wrong judge",
+                }.get(judge, f"{judge} judge")
                 rows.append(
                     RowSpec(
                         key,
@@ -280,7 +298,7 @@ def plan_rows(settings: BenchSettings, judges: Sequence[str]) -> list[RowSpec]:
                         f"K2 {k2}",
                         "runner",
                         functools.partial(_deepprune, config, judge, settings.answers),
-                        oracle=judge == "oracle",
+                        probe_answers=_PROBE_ANSWERS.get(judge, "recorded"),
                     )
                 )
                 if judge not in BUILTIN_JUDGES:
@@ -478,16 +496,18 @@ async def _run_rows(
 ) -> dict[str, list[ProblemNumbers]]:
     backend = ReplayBackend(pool, yield_every=1, reuse="error")
     clock = LockstepClock(backend)
-    # Oracle rows on text-free pools probe the final answers (see build_judge).
-    oracle_clock = LockstepClock(
-        ReplayBackend(pool, yield_every=1, reuse="error", probe_answers="final")
-    )
+    # Oracle and always-wrong rows on text-free pools replay other probes (see build_judge).
+    clocks: dict[str, LockstepClock] = {"recorded": clock}
+    for answers in _PROBE_ANSWERS.values():
+        clocks[answers] = LockstepClock(
+            ReplayBackend(pool, yield_every=1, reuse="error", probe_answers=answers)
+        )
     numbers: dict[str, list[ProblemNumbers]] = {}
     facts: list[_ProblemFacts] = [_ProblemFacts() for _ in pool.problems]
     for row in rows:
         if row.kind != "runner" or row.build is None:
             continue
-        row_clock = oracle_clock if row.oracle else clock
+        row_clock = clocks[row.probe_answers]
         runner = row.build(row_clock, pool, resample)
         per_problem: list[ProblemNumbers] = []
         for index, problem in enumerate(pool.problems):

@@ -252,12 +252,12 @@ class PruningConfig(RunConfig):
         ),
     )
     split_resume: Literal["needed", "doubling"] = Field(
-        "needed",
+        "doubling",
         description=(
-            "Robust finalisation, when the finished finalists split: resume as many traces as "
-            "could settle the vote ('needed'), or at least as many as have voted so far "
-            "('doubling': a hard question reaches its full vote in log2(N / K2) rounds, not "
-            "one round per missing vote; each round waits for a whole trace)."
+            "Robust finalisation, when the finalists split: resume at least as many traces as "
+            "have voted so far ('doubling': a hard question reaches its full vote in "
+            "log2(N / K2) rounds), or only as many as could settle the vote ('needed': fewest "
+            "tokens, but one round of a whole trace per missing vote)."
         ),
     )
     on_judge_error: Literal["fallback", "raise"] = "fallback"

@@ -328,3 +328,32 @@ async def test_final_answer_probes_answer_the_recorded_final_answer() -> None:
     await stream.aclose()
     with pytest.raises(ValueError, match="probe_answers"):
         ReplayBackend(_text_free_pool(), probe_answers="oracle")  # type: ignore[arg-type]
+
+
+async def test_adversarial_probes_join_different_answers_and_part_equal_ones() -> None:
+    # Finals 7 7 7 3 7 5 7 3: each trace's probe is its rank among the traces of its final answer.
+    backend = ReplayBackend(_text_free_pool(), probe_answers="adversarial", chunk_tokens=50)
+    labels = []
+    for index in range(8):
+        request = TraceRequest(f"r{index}", index, "A text-free problem?", SamplingConfig(), 0)
+        stream = backend.stream(request)
+        await stream.__anext__()
+        reply = await backend.probe(f"r{index}")
+        labels.append(reply.answer)
+        await stream.aclose()
+    assert labels == [f"wrong-{r}" for r in (0, 1, 2, 0, 3, 0, 4, 1)]
+
+
+def test_the_always_wrong_judge_costs_tokens_not_accuracy_on_both_kinds_of_pool() -> None:
+    pool = _text_free_pool()
+    assert isinstance(build_judge("wrong", pool, 0, RULES), ProbeJudge)
+    settings = BenchSettings(
+        n_traces=8, resamples=1, judges=("wrong",), prefix_tokens=8, finalists=(2,)
+    )
+    numbers = measure_resample(settings, ["wrong"], pool, 0)
+    [cons] = numbers["cons"]
+    [robust] = numbers["deepprune_robust_wrong_k2"]
+    assert cons["correct"] and robust["correct"]  # every merge was wrong; the vote still holds
+    text_pool = _pool()
+    judge = build_judge("wrong", text_pool, 0, RULES)
+    assert isinstance(judge, AnswerLookupJudge) and judge.invert

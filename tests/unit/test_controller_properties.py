@@ -49,6 +49,7 @@ class Scenario:
     finalisation: str
     min_margin: int
     max_extra: int | None
+    split_resume: str
     on_judge_error: str
     max_judge_batch: int
     seed: int
@@ -72,6 +73,7 @@ class Scenario:
             finalisation=self.finalisation,  # type: ignore[arg-type]
             settle=VoteSettling(min_margin=self.min_margin),
             max_extra_finalists=self.max_extra,
+            split_resume=self.split_resume,  # type: ignore[arg-type]
             on_judge_error=self.on_judge_error,  # type: ignore[arg-type]
             max_judge_batch=self.max_judge_batch,
             seed=self.seed,
@@ -99,6 +101,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         finalisation=draw(st.sampled_from(["paper", "robust"])),
         min_margin=draw(st.integers(1, 3)),
         max_extra=draw(st.none() | st.integers(0, 4)),
+        split_resume=draw(st.sampled_from(["needed", "doubling"])),
         on_judge_error=draw(st.sampled_from(["fallback", "fallback", "raise"])),
         max_judge_batch=draw(st.sampled_from([1, 1, 2, 4, 16])),
         seed=draw(st.integers(0, 3)),

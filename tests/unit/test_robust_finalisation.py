@@ -88,6 +88,49 @@ def test_a_split_vote_resumes_more_traces_until_it_is_settled() -> None:
     assert outcome.judge_unreliable == "finalists_split"
 
 
+def test_doubling_resumes_as_many_traces_as_have_voted() -> None:
+    # One cluster (11 of 20 make it certain: 10 parked), K2 = 2, finalists that keep splitting.
+    story = robust(20, "A" * 20, finalists=2, settle=VoteSettling(min_margin=2))
+    story.start()
+    story.arrive(*range(20))
+    (first,) = [a.trace_id for a in story.of_type(ResumeTrace)]
+    story.finish(0, "7")
+    round_two = [a.trace_id for a in story.finish(first, "3") if isinstance(a, ResumeTrace)]
+    assert len(round_two) == 2  # two have voted: two more
+    story.finish(round_two[0], "7")
+    round_three = [
+        a.trace_id for a in story.finish(round_two[1], "3") if isinstance(a, ResumeTrace)
+    ]
+    assert len(round_three) == 4  # four have voted (2 vs 2): four more, not the two it lacks
+    for trace_id in round_three[:3]:
+        story.finish(trace_id, "7")  # 5 vs 2 with one running: settled
+    assert story.ctl.outcome is not None and story.ctl.outcome.answer == "7"
+    assert story.status(round_three[3]) == "aborted"  # stopped by the settled vote
+
+
+def test_needed_resumes_only_the_votes_a_split_lacks() -> None:
+    story = robust(
+        12, "A" * 12, finalists=2, settle=VoteSettling(min_margin=2), split_resume="needed"
+    )
+    story.start()
+    story.arrive(*range(12))
+    (first,) = [a.trace_id for a in story.of_type(ResumeTrace)]
+    story.finish(0, "7")
+    story.finish(first, "7")  # 2 vs 0: settled, nothing more
+    assert story.ctl.outcome is not None and story.ctl.outcome.answer == "7"
+    story = robust(
+        12, "A" * 12, finalists=4, settle=VoteSettling(min_margin=2), split_resume="needed"
+    )
+    story.start()
+    story.arrive(*range(12))
+    finalists = [0, *(a.trace_id for a in story.of_type(ResumeTrace))]
+    story.finish(finalists[0], "7")
+    story.finish(finalists[1], "7")
+    story.finish(finalists[2], "7")
+    more = [a.trace_id for a in story.finish(finalists[3], "3") if isinstance(a, ResumeTrace)]
+    assert more == []  # 3 vs 1 with nothing running: settled at margin 2
+
+
 def test_a_split_that_cannot_settle_ends_when_everything_has_run() -> None:
     # 2 of 3 in one cluster make it certain: trace 2 is aborted unclustered, trace 1 parked.
     story = robust(3, "AAA", finalists=1, settle=VoteSettling(min_margin=2))
