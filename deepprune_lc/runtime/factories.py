@@ -1,4 +1,5 @@
-"""Factories of the kinds that ship in the core: ``replay`` (backend) and ``lexical`` (judge).
+"""Factories of the kinds that ship in the core: ``replay`` (backend), ``lexical`` and ``probe``
+(judges).
 
 They are registered through the core's own ``pyproject.toml`` entry points, exactly as an
 integration or a third-party package registers its kinds, so the registry has no special cases.

@@ -4,8 +4,10 @@ Like langchain-tests, this package is for test code only: it needs pytest.
 
 * ``BackendConformanceTests`` / ``JudgeConformanceTests``: the ``GenerationBackend`` and ``Judge``
   contracts as pytest classes; a backend's or judge's tests subclass them in a few lines.
-* Fake judges (``ConstantJudge``, ``ScriptedJudge``, ``FailingJudge``, ``SlowJudge``) and
-  fault-injecting backend wrappers (``FailingBackend``, ``DeafBackend``), from ``.fakes``.
+* Fake judges (``ConstantJudge``, ``ScriptedJudge``, ``FailingJudge``, ``SlowJudge``),
+  fault-injecting backend wrappers (``FailingBackend``, ``DeafBackend``, ``StallingBackend``) and
+  ``DelegatingBackend``, the pass-through to subclass for a wrapper that changes one thing, from
+  ``.fakes``.
 * The settings the reasoner declares to langchain-tests' standard suites.
 """
 

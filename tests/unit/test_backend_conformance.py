@@ -43,7 +43,7 @@ class TestReplayBackendConformance(BackendConformanceTests):
 
     @property
     def probes_on_this_prompt(self) -> bool:
-        return False  # text traces record no probes (tests/unit/test_probe_pools.py probes replay)  # a recorded trace ends by itself: "stop"
+        return False  # text traces record no probes (tests/unit/test_probe_pools.py probes replay)
 
 
 def _request(request_id: str, trace_index: int = 0) -> TraceRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import runpy
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -29,6 +30,16 @@ def test_public_api_is_exactly_all() -> None:
         and name in dir(deepprune_lc)
     }
     assert set(deepprune_lc.__all__) - {"__version__"} == exported
+
+
+@pytest.mark.parametrize("missing", ["typer", "rich"])
+def test_the_cli_without_its_extra_says_how_to_install_it(missing: str) -> None:
+    """``pip install deepprune-lc`` leaves typer and rich out; the command says what to install."""
+    code = f"import sys; sys.modules[{missing!r}] = None; import deepprune_lc.cli"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    assert f"needs {missing}" in out.stderr
+    assert "pip install 'deepprune-lc[cli]'" in out.stderr
 
 
 def test_demo_prints_decisions_answer_and_savings() -> None:

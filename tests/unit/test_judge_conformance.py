@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 from deepprune_lc.core.ports import Judge, JudgeScores, PrefixPair
-from deepprune_lc.judges import ConstantJudge, LexicalJudge
+from deepprune_lc.judges import ConstantJudge, LexicalJudge, RandomJudge
 from deepprune_lc.testing import FailingJudge, JudgeConformanceTests, ScriptedJudge, SlowJudge
 
 
@@ -37,6 +37,37 @@ class TestConstantJudgeWithPrefillConformance(JudgeConformanceTests):
     @property
     def runs_a_model(self) -> bool:
         return True
+
+
+_DRAWS_IN_CALL_ORDER = pytest.mark.xfail(
+    reason=(
+        "RandomJudge draws each score from one seeded stream in call order, so a pair's score "
+        "depends on the calls before it and on its place in the batch; the contract wants a "
+        "function of the pair. Changing it moves the random-judge rows of docs/benchmarks.md."
+    ),
+    raises=AssertionError,
+    strict=True,
+)
+
+
+class TestRandomJudgeConformance(JudgeConformanceTests):
+    """The baseline that knows nothing: what it keeps of the contract, and (strict xfails) what not."""
+
+    @pytest.fixture
+    def judge(self) -> RandomJudge:
+        return RandomJudge(seed=0)
+
+    @_DRAWS_IN_CALL_ORDER
+    async def test_the_same_input_gets_the_same_answer(self, judge: Judge) -> None:
+        await super().test_the_same_input_gets_the_same_answer(judge)
+
+    @_DRAWS_IN_CALL_ORDER
+    async def test_a_pair_scores_alike_alone_and_anywhere_in_a_batch(self, judge: Judge) -> None:
+        await super().test_a_pair_scores_alike_alone_and_anywhere_in_a_batch(judge)
+
+    @_DRAWS_IN_CALL_ORDER
+    async def test_concurrent_calls_each_get_their_own_answer(self, judge: Judge) -> None:
+        await super().test_concurrent_calls_each_get_their_own_answer(judge)
 
 
 class TestScriptedJudgeConformance(JudgeConformanceTests):

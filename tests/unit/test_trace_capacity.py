@@ -23,6 +23,7 @@ from deepprune_lc import (
     ReplayBackend,
     TokensPrefix,
 )
+from deepprune_lc.backends.pool import PoolProblem
 from deepprune_lc.core.ports import TraceCapacity
 from deepprune_lc.demo import load_demo_pool
 from deepprune_lc.runtime.runner import fit_n_traces
@@ -52,6 +53,13 @@ def test_a_default_run_uses_each_recorded_trace_once() -> None:
     message = DeepPruneReasoner(backend="replay:demo").invoke(BAKERY)
     summary = message.response_metadata["deepprune"]
     assert sum(summary["trace_status"].values()) == 8
+
+
+@pytest.mark.parametrize("problem", POOL.problems, ids=[problem.id for problem in POOL.problems])
+def test_the_defaults_answer_every_demo_question_right(problem: PoolProblem) -> None:
+    """A first run on ``replay:demo`` with no settings votes the right answer on each question."""
+    message = DeepPruneReasoner(backend="replay:demo").invoke(problem.problem)
+    assert message.response_metadata["deepprune"]["answer"] == problem.answer
 
 
 def test_default_n_traces_adapts_per_question_and_an_explicit_one_is_kept() -> None:

@@ -20,6 +20,8 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+__all__ = ["CHAT_TEMPLATE", "REASONER_QUESTION", "build_tiny_qwen2", "build_tiny_reasoner"]
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
