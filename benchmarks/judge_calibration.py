@@ -1,4 +1,4 @@
-"""Reproduce the calibration numbers of the lexical and embedding judges.
+"""Reproduce the calibration numbers of the lexical, embedding and LLM judges.
 
 For every problem of the development pool, every pair of its traces becomes one example: the
 prefixes are the first ``--prefix-tokens`` tokens of ``RegexTokenizer`` (a stand-in for the paper's 25
@@ -6,8 +6,12 @@ reasoning words) and the label is whether the two recorded reference answers are
 script prints the AUROC of the raw Jaccard similarity for a few n-gram sizes, the similarity
 quartiles, the threshold that balances TPR and TNR, and where the chosen defaults put the pairs.
 
-    .venv/bin/python -m benchmarks.judge_calibration [--judge lexical|embedding] [--pool PATH]
-        [--prefix-tokens 120]
+    .venv/bin/python -m benchmarks.judge_calibration [--judge lexical|embedding|llm] [--pool PATH]
+        [--prefix-tokens 120] [--llm-model smollm2] [--pairs 200] [--seed 0]
+
+``--judge llm`` scores ``--pairs`` pairs drawn at random (seeded) with ``TransformersJudge`` (the
+shared judge prompt, each prefix quoted line by line) on ``--llm-model``: a CPU forward pass per
+pair is too slow for all of them.
 
 (run from the project root; ``-m`` puts the root on ``sys.path``, so no install is needed).
 """
@@ -15,7 +19,9 @@ quartiles, the threshold that balances TPR and TNR, and where the chosen default
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -139,11 +145,46 @@ def embedding(texts: Sequence[tuple[str, str]], labels: Sequence[bool]) -> None:
     judge.close()
 
 
+def llm(
+    texts: Sequence[tuple[str, str]],
+    labels: Sequence[bool],
+    *,
+    model: str,
+    pairs: int,
+    seed: int,
+) -> None:
+    """``TransformersJudge`` (deepprune-transformers) on a seeded sample of the pairs."""
+    from deepprune_transformers import TransformersJudge
+
+    from deepprune_lc.core.ports import PrefixPair
+
+    chosen = random.Random(seed).sample(range(len(texts)), min(pairs, len(texts)))
+    sample = [PrefixPair(0, 1, texts[i][0], texts[i][1]) for i in chosen]
+    sample_labels = [labels[i] for i in chosen]
+    if all(sample_labels) or not any(sample_labels):
+        raise SystemExit("the sample has one label only: draw more --pairs")
+    judge = TransformersJudge(model)
+    started = time.perf_counter()
+    scores = asyncio.run(judge.score(sample))
+    elapsed = time.perf_counter() - started
+    probabilities = list(scores.scores)
+    print(
+        f"LLM judge: {judge.model_name}, {len(sample)} pairs "
+        f"({sum(sample_labels)} same-answer, seed {seed}), {scores.prefill_tokens} prompt tokens "
+        f"in {elapsed:.1f} s (model load included)"
+    )
+    report(probabilities, sample_labels, lambda p: p)
+    judge.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=Path, default=DEFAULT_POOL)
     parser.add_argument("--prefix-tokens", type=int, default=120)
-    parser.add_argument("--judge", choices=("lexical", "embedding"), default="lexical")
+    parser.add_argument("--judge", choices=("lexical", "embedding", "llm"), default="lexical")
+    parser.add_argument("--llm-model", default="smollm2", help="--judge llm: the judge model")
+    parser.add_argument("--pairs", type=int, default=200, help="--judge llm: pairs sampled")
+    parser.add_argument("--seed", type=int, default=0, help="--judge llm: the sample's seed")
     args = parser.parse_args()
 
     texts, labels = pairs_of(args.pool, args.prefix_tokens)
@@ -151,7 +192,10 @@ def main() -> None:
     print(f"pool: {args.pool}")
     print(f"pairs: {len(labels)}  same-answer: {n_pos} ({n_pos / len(labels):.1%})")
     print(f"prefix: first {args.prefix_tokens} tokens of RegexTokenizer")
-    (embedding if args.judge == "embedding" else lexical)(texts, labels)
+    if args.judge == "llm":
+        llm(texts, labels, model=args.llm_model, pairs=args.pairs, seed=args.seed)
+    else:
+        (embedding if args.judge == "embedding" else lexical)(texts, labels)
 
 
 if __name__ == "__main__":

