@@ -5,7 +5,8 @@ Like langchain-tests, this package is for test code only: it needs pytest.
 * ``BackendConformanceTests`` / ``JudgeConformanceTests``: the ``GenerationBackend`` and ``Judge``
   contracts as pytest classes; a backend's or judge's tests subclass them in a few lines.
 * Fake judges (``ConstantJudge``, ``ScriptedJudge``, ``FailingJudge``, ``SlowJudge``) and
-  fault-injecting backend wrappers (``FailingBackend``, ``DeafBackend``), from ``.fakes``.
+  fault-injecting backend wrappers (``FailingBackend``, ``DeafBackend``) and ``RecordingBackend``
+  (what each stream delivered, and after a cancellation or an abort), from ``.fakes``.
 * The settings the reasoner declares to langchain-tests' standard suites.
 """
 
@@ -34,6 +35,7 @@ from deepprune_lc.testing.fakes import (  # noqa: E402
     DelegatingBackend,
     FailingBackend,
     FailingJudge,
+    RecordingBackend,
     ScriptedJudge,
     SlowJudge,
     StallingBackend,
@@ -50,6 +52,7 @@ __all__ = [
     "FailingJudge",
     "IntegrationSuiteSettings",
     "JudgeConformanceTests",
+    "RecordingBackend",
     "ScriptedJudge",
     "SlowJudge",
     "StallingBackend",
