@@ -5,8 +5,9 @@ Like langchain-tests, this package is for test code only: it needs pytest.
 * ``BackendConformanceTests`` / ``JudgeConformanceTests``: the ``GenerationBackend`` and ``Judge``
   contracts as pytest classes; a backend's or judge's tests subclass them in a few lines.
 * Fake judges (``ConstantJudge``, ``ScriptedJudge``, ``FailingJudge``, ``SlowJudge``),
-  fault-injecting backend wrappers (``FailingBackend``, ``DeafBackend``, ``StallingBackend``) and
-  ``DelegatingBackend``, the pass-through to subclass for a wrapper that changes one thing, from
+  fault-injecting backend wrappers (``FailingBackend``, ``DeafBackend``, ``StallingBackend``),
+  ``DelegatingBackend``, the pass-through to subclass for a wrapper that changes one thing, and
+  ``RecordingBackend`` (what each stream delivered, and after a cancellation or an abort), from
   ``.fakes``.
 * The settings the reasoner declares to langchain-tests' standard suites.
 """
@@ -36,6 +37,7 @@ from deepprune_lc.testing.fakes import (  # noqa: E402
     DelegatingBackend,
     FailingBackend,
     FailingJudge,
+    RecordingBackend,
     ScriptedJudge,
     SlowJudge,
     StallingBackend,
@@ -52,6 +54,7 @@ __all__ = [
     "FailingJudge",
     "IntegrationSuiteSettings",
     "JudgeConformanceTests",
+    "RecordingBackend",
     "ScriptedJudge",
     "SlowJudge",
     "StallingBackend",

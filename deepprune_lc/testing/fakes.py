@@ -11,6 +11,9 @@ fail, take its time, or ignore an abort.
 * ``SlowJudge``: answers like another judge, after a delay (deadlines, judges in flight).
 * ``FailingBackend`` / ``DeafBackend``: wrap a real backend; one trace dies mid-stream, or every
   abort is ignored (what a broken engine does, which no real engine here can be made to do).
+* ``RecordingBackend``: wraps a real backend and records every request, what each stream
+  delivered, and the tokens that arrived after a mark (a caller's cancellation) and after each
+  request's abort call: how far a real engine runs on once it was told to stop.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "DelegatingBackend",
     "FailingBackend",
     "FailingJudge",
+    "RecordingBackend",
     "ScriptedJudge",
     "SlowJudge",
     "StallingBackend",
@@ -167,6 +171,70 @@ class DelegatingBackend:
         """The wrapped backend's live requests (empty when it cannot tell)."""
         probe = getattr(self.inner, "live_requests", None)
         return set(probe()) if probe is not None else set()
+
+
+class RecordingBackend(DelegatingBackend):
+    """Passes everything to ``inner`` and records what happened, per request id.
+
+    * ``requests``: every request, in the order ``stream`` was called;
+    * ``delivered`` / ``texts``: the token ids and text each stream delivered (to the caller);
+    * ``after_mark``: tokens each stream delivered after ``mark()`` was called (for a caller that
+      marks the instant it cancels a run: the tokens decoded past it);
+    * ``after_abort``: tokens each stream delivered after ``abort`` was called for its request;
+    * ``open``: streams not ended yet (neither finished, failed nor closed);
+    * ``largest_delta``: the most tokens one delta carried (the granularity of every count above).
+
+    Closing a recorded stream closes ``inner``'s, so an engine aborts it as it would unwrapped.
+    """
+
+    def __init__(self, inner: GenerationBackend) -> None:
+        super().__init__(inner)
+        self.requests: list[TraceRequest] = []
+        self.delivered: dict[str, list[int]] = {}
+        self.texts: dict[str, str] = {}
+        self.after_mark: dict[str, int] = {}
+        self.after_abort: dict[str, int] = {}
+        self.open: set[str] = set()
+        self.largest_delta = 0
+        self.marked = False
+
+    def mark(self) -> None:
+        """From now on, count every delivered token in ``after_mark`` too."""
+        self.marked = True
+
+    def total_tokens(self) -> int:
+        """Tokens every recorded stream delivered so far, all requests together."""
+        return sum(len(ids) for ids in self.delivered.values())
+
+    def stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        """``inner``'s stream, recorded (closing it closes ``inner``'s)."""
+        self.requests.append(request)
+        return self._stream(request)
+
+    async def _stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
+        request_id = request.request_id
+        ids = self.delivered.setdefault(request_id, [])
+        self.texts.setdefault(request_id, "")
+        self.open.add(request_id)
+        try:
+            async with contextlib.aclosing(_closable(self.inner.stream(request))) as deltas:
+                async for delta in deltas:
+                    n = len(delta.token_ids)
+                    ids.extend(delta.token_ids)
+                    self.texts[request_id] += delta.text
+                    self.largest_delta = max(self.largest_delta, n)
+                    if self.marked:
+                        self.after_mark[request_id] = self.after_mark.get(request_id, 0) + n
+                    if request_id in self.after_abort:
+                        self.after_abort[request_id] += n
+                    yield delta
+        finally:
+            self.open.discard(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        """Note the abort (tokens delivered after it are counted), then pass it on."""
+        self.after_abort.setdefault(request_id, 0)
+        await self.inner.abort(request_id)
 
 
 class FailingBackend:

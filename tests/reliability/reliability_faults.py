@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from deepprune_lc import JudgeScores, PrefixPair, ReplayBackend, TraceDelta, TraceRequest
-from deepprune_lc.testing import DelegatingBackend
+from deepprune_lc.testing import DelegatingBackend, RecordingBackend
 
 __all__ = [
     "QUESTION",
@@ -23,6 +23,7 @@ __all__ = [
     "HungJudge",
     "StallingBackend",
     "SyncRaisingBackend",
+    "cancel_at_tokens",
     "leftover_tasks",
     "synthetic_backend",
 ]
@@ -105,3 +106,22 @@ async def leftover_tasks() -> set[asyncio.Task[Any]]:
     gc.collect()
     current = asyncio.current_task()
     return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+
+
+async def cancel_at_tokens(
+    run: Awaitable[Any], recorder: RecordingBackend, tokens: int, *, poll_s: float = 0.0
+) -> None:
+    """Start ``run``, cancel it once ``recorder``'s streams delivered ``tokens`` (marking the
+    instant on the recorder), and return when the cancelled run has.
+
+    Fails when the run ended before that point: a cancellation with nothing left to stop
+    measures nothing.
+    """
+    task = asyncio.ensure_future(run)
+    while not task.done() and recorder.total_tokens() < tokens:
+        await asyncio.sleep(poll_s)
+    assert not task.done(), f"the run ended before {tokens} tokens"
+    recorder.mark()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=120)

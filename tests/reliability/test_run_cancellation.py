@@ -9,7 +9,8 @@ handler ("Task was destroyed but it is pending!", "Task exception was never retr
 coroutine warned "never awaited".
 
 Before, ``astream`` left its ``delivered.wait()`` task pending on every cancelled call, and a second
-cancellation interrupted the driver's shutdown with streams still open.
+cancellation interrupted the driver's shutdown with streams still open. The last test counts the
+tokens a cancelled run's traces still deliver (the steps-to-stop figure in docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
+import statistics
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_faults import QUESTION, leftover_tasks, synthetic_backend
+from reliability_faults import QUESTION, cancel_at_tokens, leftover_tasks, synthetic_backend
 
 from deepprune_lc import (
     DeepPrune,
@@ -34,6 +37,8 @@ from deepprune_lc import (
     SelfConsistency,
     TokensPrefix,
 )
+from deepprune_lc.runtime.driver import ABORT_SLACK_TOKENS
+from deepprune_lc.testing import RecordingBackend
 
 CONFIG = PruningConfig(n_traces=8, prefix=TokensPrefix(k=16), finalists=2)
 
@@ -136,3 +141,33 @@ async def test_a_cancelled_astream_leaves_no_task_even_when_repeated() -> None:
 
 async def _drain(model: DeepPruneReasoner) -> list[Any]:
     return [chunk async for chunk in model.astream(QUESTION)]
+
+
+async def test_traces_stop_within_the_abort_slack_after_a_cancel_on_replay() -> None:
+    """How many tokens the replay backend still delivers for a run's traces once it is cancelled.
+
+    12 seeded points, each a run of 8 traces of 200 tokens (no parking before 190) cancelled once
+    its streams delivered a random number of tokens. Guards the abort on cancellation: every
+    stream has ended when the cancelled call returns, and none delivered more than the driver's
+    ``ABORT_SLACK_TOKENS`` after its abort (replay aborts exactly: none). A cancellation that left
+    the traces running fails both. Prints the figure in docs/reliability.md: per point, the most
+    tokens one trace delivered after the cancellation (replay: one token per loop turn).
+    """
+    rng = random.Random(5)
+    config = PruningConfig(n_traces=8, prefix=TokensPrefix(k=190), finalists=2)
+    after_cancel: list[int] = []
+    for _ in range(12):
+        recorder = RecordingBackend(synthetic_backend())
+        runner = DeepPrune(recorder, LexicalJudge(), config, answers="exact")
+        await cancel_at_tokens(runner.run(QUESTION), recorder, rng.randint(8, 8 * 150))
+        assert recorder.open == set()
+        assert all(n <= ABORT_SLACK_TOKENS for n in recorder.after_abort.values())
+        assert all(n == 0 for n in recorder.after_abort.values())  # replay: an exact abort
+        assert all(n <= ABORT_SLACK_TOKENS for n in recorder.after_mark.values())
+        after_cancel.append(max(recorder.after_mark.values(), default=0))
+        assert recorder.inner.live_requests() == set()
+        assert await leftover_tasks() == set()
+    print(
+        f"\nreplay: tokens the last trace delivered after the cancel, per point: {after_cancel} "
+        f"(median {statistics.median(after_cancel)}, max {max(after_cancel)})"
+    )

@@ -2,7 +2,8 @@
 
 The same guarantees as on replay, checked against the engine's own state (``live_requests``,
 ``wait_idle``): a hung or malformed judge falls back, a deadline that meets a hung judge ends
-promptly, a stalled stream ends the run, and cancellation at any point leaves the engine idle.
+promptly, a stalled stream ends the run, and cancellation at any point leaves the engine idle
+with no trace decoding past the driver's abort slack (the steps-to-stop figure).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import statistics
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_faults import CallableJudge, HungJudge, leftover_tasks
+from reliability_faults import CallableJudge, HungJudge, cancel_at_tokens, leftover_tasks
 
 from deepprune_lc import (
     DeepPrune,
@@ -27,6 +29,8 @@ from deepprune_lc import (
     TraceDelta,
     TraceRequest,
 )
+from deepprune_lc.runtime.driver import ABORT_SLACK_TOKENS
+from deepprune_lc.testing import RecordingBackend
 
 transformers_backend = pytest.importorskip("deepprune_transformers")
 testing = pytest.importorskip("deepprune_transformers.testing")
@@ -122,3 +126,39 @@ async def test_cancelling_at_random_points_leaves_the_engine_idle(tiny: Any) -> 
             await run
         await _idle(tiny)
         assert await leftover_tasks() == set()
+
+
+async def test_traces_stop_within_the_abort_slack_after_a_cancel_on_the_engine(tiny: Any) -> None:
+    """How many tokens the transformers engine still delivers for a run's traces once cancelled.
+
+    6 seeded points, each a run of 6 end-of-sequence-free traces (200-token budget, no parking
+    before 190) cancelled once its streams delivered a random number of tokens. Guards the abort
+    on cancellation: every stream has ended when the cancelled call returns, none delivered more
+    than the driver's ``ABORT_SLACK_TOKENS`` (plus the delta that crossed it) after its abort, and
+    the engine's rows are free. A cancellation that left the traces decoding fails all three.
+    Prints the figure in docs/reliability.md: per point, the most tokens one trace delivered
+    after the cancellation (one token per engine step for a running row).
+    """
+    rng = random.Random(11)
+    config = _config(prefix=TokensPrefix(k=190))
+    after_cancel: list[int] = []
+    after_abort: list[int] = []
+    for _ in range(6):
+        recorder = RecordingBackend(tiny)
+        runner = DeepPrune(
+            recorder, LexicalJudge(), config, sampling=SamplingConfig(max_tokens=200)
+        )
+        await cancel_at_tokens(runner.run(PROMPT), recorder, rng.randint(6, 6 * 150), poll_s=0.005)
+        assert recorder.open == set()
+        slack = ABORT_SLACK_TOKENS + recorder.largest_delta
+        assert all(n <= slack for n in recorder.after_abort.values()), recorder.after_abort
+        assert all(n <= slack for n in recorder.after_mark.values()), recorder.after_mark
+        after_cancel.append(max(recorder.after_mark.values(), default=0))
+        after_abort.append(max(recorder.after_abort.values(), default=0))
+        await _idle(tiny)
+        assert await leftover_tasks() == set()
+    print(
+        f"\ntransformers: tokens the last trace delivered after the cancel, per point: "
+        f"{after_cancel} (median {statistics.median(after_cancel)}, max {max(after_cancel)}); "
+        f"after its abort call: {after_abort}"
+    )
