@@ -339,8 +339,9 @@ class DeepPruneReasoner(BaseChatModel):
 
         Agent factories reach this at different times: LangGraph's ``create_react_agent`` binds
         the tools while building the graph, so building fails; LangChain's ``create_agent`` builds
-        without touching the model and binds on the agent's first model call, so that call fails
-        with this same error (neither offers an earlier hook). Without tools both work.
+        without touching the model (it reads neither this method nor ``profile`` then) and binds
+        in its model node, so the agent's first call fails with this same error before the model
+        is invoked: no trace is generated. Neither offers an earlier hook. Without tools both work.
         """
         raise NotImplementedError(
             "DeepPruneReasoner votes over the final answers of parallel reasoning traces; tool "

@@ -2,7 +2,8 @@
 
 Per-call sampling parameters (keywords, ``bind``, ``model_copy``, ``configurable_fields``) as on
 ChatOpenAI / ChatOllama; LangChain's token-counting methods on the backend's own tokenizer, offline,
-so ``trim_messages(..., token_counter=model)`` trims; agents given tools fail with the reason; and
+so ``trim_messages(..., token_counter=model)`` trims; agents (LangChain's ``create_agent``,
+LangGraph's ``create_react_agent``) given tools fail with the reason before any trace runs; and
 ``dumpd`` / ``load`` and ``llm_output`` as ChatOpenAI fills them. Everything runs on the replay
 backend over the embedded demo pool.
 """
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.load import dumpd, dumps, load, loads
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -320,14 +322,59 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def test_an_agent_given_tools_fails_at_build_with_the_reason() -> None:
-    # LangGraph's create_react_agent binds the tools while it builds the graph, so it fails there.
-    # (LangChain's create_agent binds on the first model call and fails then, with this message.)
-    with pytest.raises(NotImplementedError, match=r"does not support tools.*create_agent"):
+#: The refusal's reason and what to do instead (bind_tools raises it, whichever factory calls it).
+NO_TOOLS = (
+    r"^DeepPruneReasoner .*does not support tools"
+    r".*give the agent a tool-calling model.*build the agent with no tools"
+)
+
+
+def test_create_agent_given_tools_fails_on_its_first_call_before_any_trace(
+    requests: list[TraceRequest],
+) -> None:
+    # create_agent only stores the model while it builds (it neither calls bind_tools nor reads
+    # the profile then): it binds the tools inside its model node, so the first call fails there,
+    # before the model is invoked.
+    model = make_model()
+    recorder = StartRecorder()
+    agent = create_agent(model, tools=[add])
+    with pytest.raises(NotImplementedError, match=NO_TOOLS):
+        agent.invoke({"messages": [{"role": "user", "content": BAKERY}]}, {"callbacks": [recorder]})
+    assert requests == []
+    assert recorder.invocation_params == []
+    assert model._runner is None  # no engine or judge was even resolved
+
+
+async def test_create_agent_given_tools_fails_on_its_first_async_call_too(
+    requests: list[TraceRequest],
+) -> None:
+    model = make_model()
+    agent = create_agent(model, tools=[add])
+    with pytest.raises(NotImplementedError, match=NO_TOOLS):
+        await agent.ainvoke({"messages": [HumanMessage(BAKERY)]})
+    assert requests == []
+    assert model._runner is None
+
+
+def test_create_agent_without_tools_answers(requests: list[TraceRequest]) -> None:
+    agent = create_agent(make_model(), tools=[])
+    state = agent.invoke({"messages": [{"role": "user", "content": BAKERY}]})
+    answer = state["messages"][-1]
+    assert isinstance(answer, AIMessage) and not answer.tool_calls
+    assert answer.response_metadata["deepprune"]["answer"] == "216"
+    assert requests  # the traces ran on the replay backend
+
+
+# LangGraph's prebuilt create_react_agent (deprecated since LangGraph 1.0 for create_agent) binds
+# the tools while it builds the graph, so there building fails.
+@pytest.mark.filterwarnings("ignore::langgraph.warnings.LangGraphDeprecatedSinceV10")
+def test_create_react_agent_given_tools_fails_at_build_with_the_reason() -> None:
+    with pytest.raises(NotImplementedError, match=NO_TOOLS):
         create_react_agent(make_model(), tools=[add])
 
 
-def test_an_agent_without_tools_answers() -> None:
+@pytest.mark.filterwarnings("ignore::langgraph.warnings.LangGraphDeprecatedSinceV10")
+def test_create_react_agent_without_tools_answers() -> None:
     agent = create_react_agent(make_model(), tools=[])
     state = agent.invoke({"messages": [HumanMessage(BAKERY)]})
     assert state["messages"][-1].response_metadata["deepprune"]["answer"] == "216"
