@@ -167,7 +167,7 @@ def llm(
     started = time.perf_counter()
     scores = asyncio.run(judge.score(sample))
     elapsed = time.perf_counter() - started
-    probabilities = list(scores.scores)
+    probabilities = list(scores.probabilities)
     print(
         f"LLM judge: {judge.model_name}, {len(sample)} pairs "
         f"({sum(sample_labels)} same-answer, seed {seed}), {scores.prefill_tokens} prompt tokens "

@@ -217,6 +217,11 @@ def build_judge(name: str, pool: TracePool, resample: int, rules: AnswerRules) -
     except Exception as error:  # unknown kind, missing optional dependency, bad spec
         raise JudgeUnavailableError(f"{type(error).__name__}: {error}") from error
     if getattr(judge, "probe_clustering", None) is not None:
+        if not all(problem.has_probes for problem in pool.problems):
+            raise JudgeUnavailableError(
+                "it clusters by answer probes, and this pool records none (a text pool: "
+                "probes need 'probes' and 'probe_every_tokens', docs/trace-pools.md)"
+            )
         return judge  # probe clustering calls the backend, not the judge: nothing to pause for
     return InstantJudge(judge)
 

@@ -208,6 +208,17 @@ def test_an_unavailable_judge_is_skipped_with_a_note() -> None:
     assert "no-such-judge" in markdown_table(report)
 
 
+def test_the_probe_judge_on_a_text_pool_is_skipped_with_a_note() -> None:
+    # The bench's default judges include "probe"; a text pool records no probes to cluster by.
+    settings = BenchSettings(
+        **{**SETTINGS.__dict__, "judges": ("lexical", "probe", "wrong"), "resamples": 1}
+    )
+    report = run_bench(_pool(), settings)
+    assert not any("probe" in row.key for row in report.rows)
+    assert any(row.key == "deepprune_robust_wrong_k2" for row in report.rows)
+    assert len(report.notes) == 1 and "records none" in report.notes[0]
+
+
 def test_the_command_writes_json_that_round_trips_markdown_and_a_png(
     pool_file: Path, tmp_path: Path
 ) -> None:
