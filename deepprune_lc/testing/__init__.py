@@ -9,6 +9,8 @@ Like langchain-tests, this package is for test code only: it needs pytest.
   ``DelegatingBackend``, the pass-through to subclass for a wrapper that changes one thing, and
   ``RecordingBackend`` (what each stream delivered, and after a cancellation or an abort), from
   ``.fakes``.
+* ``cancel_after_turns`` (``.cancellation``): cancel a call at a given event-loop turn and report
+  the tasks and loop errors it left, for cancellation property tests.
 * The settings the reasoner declares to langchain-tests' standard suites.
 """
 
@@ -31,6 +33,11 @@ from deepprune_lc.testing.backend_suite import (  # noqa: E402
     BackendConformanceTests,
     StreamRecord,
 )
+from deepprune_lc.testing.cancellation import (  # noqa: E402
+    CancelOutcome,
+    cancel_after_turns,
+    leftover_tasks,
+)
 from deepprune_lc.testing.fakes import (  # noqa: E402
     ConstantJudge,
     DeafBackend,
@@ -47,6 +54,7 @@ from deepprune_lc.testing.judge_suite import JudgeConformanceTests  # noqa: E402
 __all__ = [
     "FINISH_REASONS",
     "BackendConformanceTests",
+    "CancelOutcome",
     "ConstantJudge",
     "DeafBackend",
     "DelegatingBackend",
@@ -61,5 +69,7 @@ __all__ = [
     "StreamRecord",
     "SuiteCapabilities",
     "UnitSuiteSettings",
+    "cancel_after_turns",
+    "leftover_tasks",
     "small_engine_params",
 ]

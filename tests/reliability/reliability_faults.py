@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from deepprune_lc import JudgeScores, PrefixPair, ReplayBackend, TraceDelta, TraceRequest
-from deepprune_lc.testing import DelegatingBackend, RecordingBackend
+from deepprune_lc.testing import DelegatingBackend, RecordingBackend, leftover_tasks
 
 __all__ = [
     "QUESTION",
@@ -97,15 +96,6 @@ class CallableJudge:
     async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
         result: JudgeScores = self.answer(pairs)
         return result
-
-
-async def leftover_tasks() -> set[asyncio.Task[Any]]:
-    """Tasks still pending besides the caller's, after letting finished ones settle."""
-    for _ in range(5):
-        await asyncio.sleep(0)
-    gc.collect()
-    current = asyncio.current_task()
-    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
 
 
 async def cancel_at_tokens(

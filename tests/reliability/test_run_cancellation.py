@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import random
 import statistics
 import warnings
@@ -38,7 +37,7 @@ from deepprune_lc import (
     TokensPrefix,
 )
 from deepprune_lc.runtime.driver import ABORT_SLACK_TOKENS
-from deepprune_lc.testing import RecordingBackend
+from deepprune_lc.testing import RecordingBackend, cancel_after_turns
 
 CONFIG = PruningConfig(n_traces=8, prefix=TokensPrefix(k=16), finalists=2)
 
@@ -67,29 +66,6 @@ def _surface(name: str, backend: ReplayBackend, method: str) -> Callable[[], Awa
     return {"run": run, "stream": stream, "ainvoke": ainvoke, "astream": astream}[name]
 
 
-async def _cancel_at(
-    call: Callable[[], Awaitable[Any]], turns: int, again: int | None
-) -> tuple[set[asyncio.Task[Any]], list[str]]:
-    loop = asyncio.get_running_loop()
-    reported: list[str] = []
-    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
-    task = asyncio.ensure_future(call())
-    for _ in range(turns):
-        await asyncio.sleep(0)
-    task.cancel()
-    if again is not None:
-        for _ in range(again):
-            await asyncio.sleep(0)
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    left = await leftover_tasks()
-    del task
-    gc.collect()
-    await asyncio.sleep(0)
-    return left, reported
-
-
 @settings(
     max_examples=30,
     deadline=None,
@@ -110,12 +86,12 @@ def test_cancelling_at_any_point_aborts_everything_and_leaks_nothing(
         method = "deepprune"  # the chat model runs DeepPrune
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        left, reported = asyncio.run(_cancel_at(_surface(surface, backend, method), turns, again))
+        outcome = asyncio.run(cancel_after_turns(_surface(surface, backend, method), turns, again))
     never_awaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
     assert never_awaited == []
     assert backend.live_requests() == set()
-    assert left == set(), f"tasks left pending: {left}"
-    assert reported == [], reported
+    assert outcome.left == set(), f"tasks left pending: {outcome.left}"
+    assert outcome.reported == [], outcome.reported
 
 
 async def test_a_cancelled_astream_leaves_no_task_even_when_repeated() -> None:

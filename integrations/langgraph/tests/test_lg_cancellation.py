@@ -12,8 +12,7 @@ kept its traces streaming after the graph's task was cancelled, fails it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from deepprune_langgraph import DeepPruneState, create_deepprune_node
@@ -25,6 +24,7 @@ from lg_helpers import PRUNING
 
 from deepprune_lc import DeepPruneReasoner, ReplayBackend
 from deepprune_lc.demo import load_demo_pool
+from deepprune_lc.testing import cancel_after_turns
 
 POOL = load_demo_pool()
 QUESTION = POOL.by_id("demo-bakery").problem
@@ -39,13 +39,7 @@ def _graph(backend: ReplayBackend) -> Any:
     return graph.compile()
 
 
-async def _cancel_at(
-    backend: ReplayBackend, surface: str, turns: int, again: int | None
-) -> tuple[set[asyncio.Task[Any]], list[str], bool]:
-    loop = asyncio.get_running_loop()
-    reported: list[str] = []
-    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
-    graph = _graph(backend)
+def _call(graph: Any, surface: str) -> Callable[[], Awaitable[Any]]:
     inputs = {"messages": [HumanMessage(QUESTION)]}
 
     async def call() -> Any:
@@ -53,23 +47,7 @@ async def _cancel_at(
             return await graph.ainvoke(inputs)
         return [chunk async for chunk in graph.astream(inputs, stream_mode=["custom", "updates"])]
 
-    task = asyncio.ensure_future(call())
-    for _ in range(turns):
-        await asyncio.sleep(0)
-    finished_first = task.done()
-    task.cancel()
-    if again is not None:
-        for _ in range(again):
-            await asyncio.sleep(0)
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    for _ in range(5):
-        await asyncio.sleep(0)
-    gc.collect()
-    current = asyncio.current_task()
-    left = {t for t in asyncio.all_tasks() if t is not current and not t.done()}
-    return left, reported, finished_first
+    return call
 
 
 @settings(
@@ -87,10 +65,10 @@ def test_cancelling_a_graph_with_a_deepprune_node_aborts_every_trace(
     surface: str, turns: int, again: int | None
 ) -> None:
     backend = ReplayBackend(POOL, yield_every=1)
-    left, reported, _ = asyncio.run(_cancel_at(backend, surface, turns, again))
+    outcome = asyncio.run(cancel_after_turns(_call(_graph(backend), surface), turns, again))
     assert backend.live_requests() == set()
-    assert left == set(), f"tasks left pending: {left}"
-    assert reported == [], reported
+    assert outcome.left == set(), f"tasks left pending: {outcome.left}"
+    assert outcome.reported == [], outcome.reported
 
 
 def test_a_cancellation_mid_run_really_lands_inside_the_node() -> None:
@@ -105,6 +83,6 @@ def test_a_cancellation_mid_run_really_lands_inside_the_node() -> None:
         return original(request)
 
     backend.stream = stream  # type: ignore[method-assign]
-    left, reported, finished_first = asyncio.run(_cancel_at(backend, "ainvoke", 40, None))
-    assert seen and not finished_first  # traces had started, the graph had not finished
-    assert backend.live_requests() == set() and left == set() and reported == []
+    outcome = asyncio.run(cancel_after_turns(_call(_graph(backend), "ainvoke"), 40))
+    assert seen and not outcome.finished_first  # traces had started, the graph had not finished
+    assert backend.live_requests() == set() and outcome.left == set() and not outcome.reported
