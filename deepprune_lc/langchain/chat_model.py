@@ -343,13 +343,23 @@ class DeepPruneReasoner(BaseChatModel):
         in its model node, so the agent's first call fails with this same error before the model
         is invoked: no trace is generated. Neither offers an earlier hook. Without tools both work.
         """
-        raise NotImplementedError(
+        message = (
             "DeepPruneReasoner votes over the final answers of parallel reasoning traces; tool "
             "calls cannot be voted on, so it does not support tools. Use it for the reasoning "
             "step and a regular chat model for tool use: in an agent (create_agent, "
             "create_react_agent), give the agent a tool-calling model and call DeepPruneReasoner "
             "from a tool or a graph node, or build the agent with no tools."
         )
+        if kwargs.get("tool_choice") in ("any", "required"):
+            # A forced tool call is how LangChain asks for structured output from a model that
+            # has no native mode (create_agent's response_format binds its schema as a tool).
+            message += (
+                " If the tools are a structured-output schema (create_agent's response_format), "
+                "that is not supported either: drop response_format and parse the answer "
+                "downstream, or pass answers=AnswerRules.custom(...) to control how answers are "
+                "extracted and compared."
+            )
+        raise NotImplementedError(message)
 
     def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(

@@ -23,6 +23,7 @@ from langchain_core.messages.utils import trim_messages
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.runnables import ConfigurableField
 from langgraph.prebuilt import create_react_agent
+from pydantic import BaseModel
 
 from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.core.config import PruningConfig, SamplingConfig, TokensPrefix
@@ -354,6 +355,20 @@ async def test_create_agent_given_tools_fails_on_its_first_async_call_too(
         await agent.ainvoke({"messages": [HumanMessage(BAKERY)]})
     assert requests == []
     assert model._runner is None
+
+
+def test_create_agent_with_a_response_format_names_structured_output(
+    requests: list[TraceRequest],
+) -> None:
+    # Without a native structured-output mode, create_agent binds the schema as a tool it forces
+    # the model to call (tool_choice="any"): the error must say that is the structured output.
+    class Answer(BaseModel):
+        value: int
+
+    agent = create_agent(make_model(), tools=[], response_format=Answer)
+    with pytest.raises(NotImplementedError, match=NO_TOOLS + r".*response_format"):
+        agent.invoke({"messages": [{"role": "user", "content": BAKERY}]})
+    assert requests == []
 
 
 def test_create_agent_without_tools_answers(requests: list[TraceRequest]) -> None:
