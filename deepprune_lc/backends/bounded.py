@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepprune_lc.backends.rendering import prompt_cache_key
-from deepprune_lc.core.ports import GenerationBackend, Prompt, TraceDelta, TraceRequest
+from deepprune_lc.core.ports import (
+    GenerationBackend,
+    Prompt,
+    TraceDelta,
+    TraceRequest,
+    close_stream,
+)
 
 __all__ = [
     "AdmissionStats",
@@ -165,9 +171,7 @@ class BoundedBackend:
                 async for delta in stream:
                     yield delta
             finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await close_stream(stream)
         finally:
             self._release(state, key)
 

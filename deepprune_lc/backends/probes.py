@@ -21,6 +21,7 @@ here:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ __all__ = [
     "ThinkTokens",
     "box_end",
     "check_probe_tokens",
+    "model_probe_reply",
     "probe_suffix_text",
     "think_block_open",
     "think_tokens",
@@ -131,3 +133,19 @@ class ProbeStats:
         self.cached_tokens += cached_tokens
         self.decoded_tokens += reply.decoded_tokens
         self.seconds += reply.seconds
+
+
+def model_probe_reply(
+    text: str, *, at_tokens: int, prefill_tokens: int, decoded_tokens: int, started: float
+) -> ProbeReply:
+    """The reply of a probe a model answered: its text (already cut at the box's brace), what it
+    cost, and ``unknown`` when the model said nothing; the caller extracts the answer with the
+    run's rules. ``started`` is the ``time.perf_counter()`` at which the probe began."""
+    return ProbeReply(
+        text=text,
+        at_tokens=at_tokens,
+        prefill_tokens=prefill_tokens,
+        decoded_tokens=decoded_tokens,
+        seconds=time.perf_counter() - started,
+        unknown=not text.strip(),
+    )

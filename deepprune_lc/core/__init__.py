@@ -37,6 +37,7 @@ from deepprune_lc.core.ports import (
     PromptTokenIds,
     TraceDelta,
     TraceRequest,
+    close_stream,
 )
 from deepprune_lc.core.result import DeepPruneResult, RunSummary
 from deepprune_lc.core.specs import Spec, SpecError, parse_spec
@@ -73,6 +74,7 @@ __all__ = [
     "TokensPrefix",
     "TraceDelta",
     "TraceRequest",
+    "close_stream",
     "extract_answer",
     "extract_choice",
     "math_equivalent",

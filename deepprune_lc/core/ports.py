@@ -33,6 +33,7 @@ __all__ = [
     "TraceCapacity",
     "TraceDelta",
     "TraceRequest",
+    "close_stream",
 ]
 
 #: A prompt is either plain text or chat messages ``[{"role": ..., "content": ...}, ...]``; backends
@@ -231,3 +232,15 @@ class Judge(Protocol):
     async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
         """Score every pair; ``len(result.probabilities) == len(pairs)``."""
         ...
+
+
+async def close_stream(stream: AsyncIterator[TraceDelta] | None) -> None:
+    """Close what ``GenerationBackend.stream`` returned, if it can be closed.
+
+    The port promises an ``AsyncIterator``; an async generator (every backend here) has
+    ``aclose``, which runs its cleanup (the engine's abort) now rather than when it is collected.
+    Whoever stops reading a stream early calls this: the driver, wrappers that relay a stream.
+    """
+    aclose = getattr(stream, "aclose", None) if stream is not None else None
+    if aclose is not None:
+        await aclose()

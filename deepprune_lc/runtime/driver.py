@@ -69,6 +69,7 @@ from deepprune_lc.core.ports import (
     Prompt,
     TraceDelta,
     TraceRequest,
+    close_stream,
 )
 from deepprune_lc.core.result import (
     DeepPruneResult,
@@ -613,10 +614,8 @@ class Driver:
             self._fail(GenerationError(f"trace {trace.trace_id} {where}: {exc!r}"), cause=exc)
             return
         finally:
-            aclose = getattr(stream, "aclose", None) if stream is not None else None
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+            with contextlib.suppress(Exception):
+                await close_stream(stream)
         trace.stream_open = False
         self._on_stream_end(trace, finish_reason)
 

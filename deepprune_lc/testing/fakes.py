@@ -30,6 +30,7 @@ from deepprune_lc.core.ports import (
     Prompt,
     TraceDelta,
     TraceRequest,
+    close_stream,
 )
 from deepprune_lc.judges.fixed import ConstantJudge
 
@@ -351,6 +352,4 @@ async def _closable(stream: AsyncIterator[TraceDelta]) -> AsyncGenerator[TraceDe
         async for delta in stream:
             yield delta
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close_stream(stream)

@@ -12,7 +12,14 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from deepprune_lc import JudgeScores, PrefixPair, ReplayBackend, TraceDelta, TraceRequest
+from deepprune_lc import (
+    GenerationBackend,
+    JudgeScores,
+    PrefixPair,
+    ReplayBackend,
+    TraceDelta,
+    TraceRequest,
+)
 from deepprune_lc.testing import DelegatingBackend, RecordingBackend, leftover_tasks
 
 __all__ = [
@@ -41,10 +48,10 @@ _Wrapped = DelegatingBackend
 
 
 class StallingBackend(_Wrapped):
-    """Replay, except that the traces in ``stall`` stop delivering after ``after`` deltas and never
-    answer an abort (an engine whose request hung)."""
+    """The wrapped backend (replay, an engine), except that the traces in ``stall`` stop
+    delivering after ``after`` deltas and never answer an abort (an engine whose request hung)."""
 
-    def __init__(self, inner: ReplayBackend, stall: Sequence[int], after: int = 5) -> None:
+    def __init__(self, inner: GenerationBackend, stall: Sequence[int], after: int = 5) -> None:
         super().__init__(inner)
         self.stall, self.after = set(stall), after
 

@@ -12,12 +12,18 @@ import asyncio
 import contextlib
 import random
 import statistics
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_faults import CallableJudge, HungJudge, cancel_at_tokens, leftover_tasks
+from reliability_faults import (
+    CallableJudge,
+    HungJudge,
+    StallingBackend,
+    cancel_at_tokens,
+    leftover_tasks,
+)
 
 from deepprune_lc import (
     DeepPrune,
@@ -26,8 +32,6 @@ from deepprune_lc import (
     PruningConfig,
     SamplingConfig,
     TokensPrefix,
-    TraceDelta,
-    TraceRequest,
 )
 from deepprune_lc.runtime.driver import ABORT_SLACK_TOKENS
 from deepprune_lc.testing import RecordingBackend
@@ -81,34 +85,13 @@ async def test_a_deadline_meeting_a_hung_judge_ends_promptly_on_the_engine(tiny:
     await _idle(tiny)
 
 
-class _StallOne:
-    """The engine, except that trace 2's stream stops being read after 5 deltas."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
-        return self._stream(request)
-
-    async def _stream(self, request: TraceRequest) -> AsyncGenerator[TraceDelta, None]:
-        async with contextlib.aclosing(self.inner.stream(request)) as deltas:
-            n = 0
-            async for delta in deltas:
-                yield delta
-                n += 1
-                if request.trace_index == 2 and n == 5:
-                    await asyncio.Event().wait()
-
-    async def abort(self, request_id: str) -> None:
-        await self.inner.abort(request_id)
-
-    def count_prompt_tokens(self, prompt: Any) -> int:
-        return int(self.inner.count_prompt_tokens(prompt))
-
-
 async def test_a_stalled_stream_ends_the_run_and_frees_the_engine(tiny: Any) -> None:
     runner = DeepPrune(
-        _StallOne(tiny), LexicalJudge(), _config(idle_timeout_s=0.5), sampling=SAMPLING
+        # Trace 2's stream stops being read after 5 deltas.
+        StallingBackend(tiny, stall=[2], after=5),
+        LexicalJudge(),
+        _config(idle_timeout_s=0.5),
+        sampling=SAMPLING,
     )
     with pytest.raises(GenerationError, match="trace 2 stalled"):
         await asyncio.wait_for(runner.run(PROMPT), timeout=120)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,31 @@ def test_vllm_finish_reasons() -> None:
     assert backend._finish_reason("repetition", "r") == "stop"  # vLLM's own stop rule
     with pytest.raises(BackendError, match="request r: vLLM finished it with 'error'"):
         backend._finish_reason("error", "r")
+
+
+async def test_close_stream_closes_a_generator_and_accepts_any_iterator() -> None:
+    from deepprune_lc.core import TraceDelta, close_stream
+
+    closed: list[bool] = []
+
+    async def deltas() -> Any:
+        try:
+            yield TraceDelta((1,), "a")
+            yield TraceDelta((2,), "b")
+        finally:
+            closed.append(True)
+
+    stream = deltas()
+    assert (await stream.__anext__()).token_ids == (1,)
+    await close_stream(stream)
+    assert closed == [True]  # its cleanup (an engine's abort) ran now, not at collection
+
+    class Plain:  # an AsyncIterator without aclose: nothing to close
+        def __aiter__(self) -> Plain:
+            return self
+
+        async def __anext__(self) -> TraceDelta:
+            raise StopAsyncIteration
+
+    await close_stream(Plain())
+    await close_stream(None)

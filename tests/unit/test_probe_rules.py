@@ -4,6 +4,8 @@ answer ends, the suffix with the think block closed, the think block's state, th
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from deepprune_lc.backends import (
@@ -11,6 +13,7 @@ from deepprune_lc.backends import (
     ProbeStats,
     box_end,
     check_probe_tokens,
+    model_probe_reply,
     probe_suffix_text,
     think_block_open,
     think_tokens,
@@ -85,3 +88,21 @@ def test_max_tokens_defaults_to_as_far_as_the_context_allows() -> None:
     assert SamplingConfig(max_tokens=64).max_tokens == 64
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingConfig(max_tokens=0)
+
+
+def test_a_model_probe_reply_is_unknown_when_the_model_said_nothing() -> None:
+    started = time.perf_counter()
+    reply = model_probe_reply(
+        "204}", at_tokens=500, prefill_tokens=530, decoded_tokens=3, started=started
+    )
+    assert (reply.text, reply.at_tokens, reply.prefill_tokens, reply.decoded_tokens) == (
+        "204}",
+        500,
+        530,
+        3,
+    )
+    assert not reply.unknown and reply.answer is None and reply.seconds >= 0
+    blank = model_probe_reply(
+        " \n", at_tokens=500, prefill_tokens=530, decoded_tokens=20, started=0
+    )
+    assert blank.unknown

@@ -48,6 +48,7 @@ from deepprune_lc.backends import (
     PromptRenderer,
     box_end,
     check_probe_tokens,
+    model_probe_reply,
     probe_suffix_text,
     think_block_open,
     think_tokens,
@@ -255,13 +256,12 @@ class VLLMBackend:
                         break  # the box is closed: the rest is not the answer
         finally:
             await outputs.aclose()  # aborts the probe when it stopped early
-        reply = ProbeReply(
-            text=text,
+        reply = model_probe_reply(
+            text,
             at_tokens=len(held),
             prefill_tokens=len(prompt),
             decoded_tokens=decoded,
-            seconds=time.perf_counter() - started,
-            unknown=not text.strip(),
+            started=started,
         )
         self.probe_stats.add(reply, cached_tokens=cached)
         return reply

@@ -75,6 +75,7 @@ from deepprune_lc.backends import (
     StopMatcher,
     box_end,
     check_probe_tokens,
+    model_probe_reply,
     probe_suffix_text,
     prompt_cache_key,
     think_block_open,
@@ -427,13 +428,12 @@ class VLLMServerBackend:
         text, decoded = await self._probe_completion(
             request_id, body, text_suffix, preferred, state.key
         )
-        reply = ProbeReply(
-            text=text,
+        reply = model_probe_reply(
+            text,
             at_tokens=len(held),
             prefill_tokens=len(prompt),
             decoded_tokens=decoded,
-            seconds=time.perf_counter() - started,
-            unknown=not text.strip(),
+            started=started,
         )
         self.probe_stats.add(reply)
         return reply
