@@ -10,8 +10,9 @@ They live in the runtime layer because ``replay:demo`` reads the embedded demo p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deepprune_lc.backends.pool import load_trace_pool
 from deepprune_lc.backends.replay import ReplayBackend
@@ -21,6 +22,8 @@ from deepprune_lc.demo import load_demo_pool
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
 from deepprune_lc.judges.probe import ProbeJudge
 from deepprune_lc.runtime.registry import factory_check
+
+_Options = TypeVar("_Options", bound=BaseModel)
 
 __all__ = ["check_replay_spec", "lexical_judge", "probe_judge", "replay_backend"]
 
@@ -66,37 +69,28 @@ def replay_backend(spec: Spec) -> ReplayBackend:
 
 def lexical_judge(spec: Spec) -> LexicalJudge:
     """``lexical``, optionally with ``LexicalJudgeConfig`` fields: ``lexical?midpoint=0.5&ngram=3``."""
-    if spec.arg:
-        raise SpecError(
-            f"judge {spec.raw!r}: 'lexical' takes no argument; set its config as options, "
-            "e.g. 'lexical?midpoint=0.5'"
-        )
-    spec.check_options(LexicalJudgeConfig.model_fields)
-    try:
-        config = LexicalJudgeConfig.model_validate(dict(spec.options))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise SpecError(f"judge {spec.raw!r}: {problems}") from exc
-    return LexicalJudge(config)
+    return LexicalJudge(_judge_options(spec, LexicalJudgeConfig, "lexical?midpoint=0.5"))
 
 
 def check_probe_spec(spec: Spec) -> None:
     """``probe``'s spec check: no argument; options are ``ProbeClustering`` fields."""
-    _probe_settings(spec)
+    _judge_options(spec, ProbeClustering, _PROBE_EXAMPLE)
 
 
-def _probe_settings(spec: Spec) -> ProbeClustering:
+_PROBE_EXAMPLE = "probe?at_tokens=1000&unknown=together"
+
+
+def _judge_options(spec: Spec, model: type[_Options], example: str) -> _Options:
+    """A judge kind that takes no argument: its options validated as ``model``'s fields, each
+    problem named in one ``SpecError`` (``example`` shows the form)."""
     if spec.arg:
         raise SpecError(
-            f"judge {spec.raw!r}: 'probe' takes no argument; set its settings as options, "
-            "e.g. 'probe?at_tokens=1000&unknown=together'"
+            f"judge {spec.raw!r}: {spec.kind!r} takes no argument; set its {model.__name__} "
+            f"fields as options, e.g. {example!r}"
         )
-    spec.check_options(ProbeClustering.model_fields)
+    spec.check_options(model.model_fields)
     try:
-        return ProbeClustering.model_validate(dict(spec.options))
+        return model.model_validate(dict(spec.options))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
@@ -112,4 +106,4 @@ def probe_judge(spec: Spec) -> ProbeJudge:
     Clusters traces by their answer probes (``AnswerProbing``) instead of pairwise judge calls;
     needs a backend that answers probes (replay of a pool with recorded probes, or an engine).
     """
-    return ProbeJudge(_probe_settings(spec))
+    return ProbeJudge(_judge_options(spec, ProbeClustering, _PROBE_EXAMPLE))
