@@ -147,10 +147,14 @@ class ProbeClustering(_Frozen):
     ``unknown="separate"`` it never merges (the trace founds a cluster of its own), with
     ``"together"`` the unknowns form one cluster. ``reprobe_every`` (robust finalisation only;
     None turns it off) probes the running finalists again every so many tokens: a finalist whose
-    last ``agree_stop`` probes all name the finished vote's leader is committed to it; the
-    settled-vote rule then counts only the uncommitted running finalists as able to overturn the
-    vote, and (``count_committed``) the committed ones as the leader's votes. Defaults and the
-    measurements behind them: docs/method.md, "Answer probes".
+    last ``agree_stop`` probes all name one answer is committed to it. With
+    ``settle_on="evidence"`` (the default) the vote is settled once the finished vote's leader has
+    at least ``settle.min_margin`` finished votes and leads every other answer by that margin, each
+    committed finalist counting as a vote for its answer; the uncommitted ones are not waited for
+    (a running trace whose answer is unknown says no more than a parked one). With
+    ``"running"``, only finalists committed to the leader are taken as unable to overturn the vote
+    (and, ``count_committed``, as the leader's votes); every other running finalist is waited for.
+    Defaults and the measurements behind them: docs/method.md, "Answer probes".
     """
 
     at_tokens: int = Field(
@@ -165,13 +169,21 @@ class ProbeClustering(_Frozen):
     agree_stop: int = Field(
         2,
         ge=1,
-        description="Consecutive probes naming the leader that make a running finalist committed.",
+        description="Consecutive probes naming one answer that make a running finalist committed.",
+    )
+    settle_on: Literal["evidence", "running"] = Field(
+        "evidence",
+        description=(
+            "'evidence': settled when the finished leader has min_margin finished votes and leads "
+            "by min_margin with committed finalists counted as votes (uncommitted ones are not "
+            "waited for); 'running': every finalist not committed to the leader is waited for."
+        ),
     )
     count_committed: bool = Field(
         True,
         description=(
-            "Count committed finalists as votes for the leader (settled when lead + committed > "
-            "uncommitted running), not only as traces that cannot overturn it."
+            "settle_on='running': count committed finalists as votes for the leader (settled when "
+            "lead + committed > uncommitted running), not only as traces that cannot overturn it."
         ),
     )
 

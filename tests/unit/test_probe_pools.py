@@ -362,6 +362,7 @@ def _probe_pools(draw: st.DrawFn) -> tuple[list[int], list[str], list[list[str]]
     reprobe=st.sampled_from([None, 100]),
     doubling=st.booleans(),
     count_committed=st.booleans(),
+    settle_on=st.sampled_from(["evidence", "running"]),
 )
 def test_probe_runs_always_end_consistently(
     pool: tuple[list[int], list[str], list[list[str]]],
@@ -370,12 +371,17 @@ def test_probe_runs_always_end_consistently(
     reprobe: int | None,
     doubling: bool,
     count_committed: bool,
+    settle_on: str,
 ) -> None:
     lengths, finals, probes = pool
     n = len(lengths)
     backend = ReplayBackend(_answers_pool(lengths, finals, probes), chunk_tokens=50)
     settings_ = ProbeClustering(
-        at_tokens=100, unknown=unknown, reprobe_every=reprobe, count_committed=count_committed
+        at_tokens=100,
+        unknown=unknown,
+        reprobe_every=reprobe,
+        count_committed=count_committed,
+        settle_on=settle_on,
     )
     config = PruningConfig(
         n_traces=n, finalists=finalists, split_resume="doubling" if doubling else "needed"
@@ -402,6 +408,14 @@ def test_probe_runs_always_end_consistently(
     real = {f for f in finals if f != "ERR"}
     if len(real) == 1 and "ERR" not in finals:
         assert result.answer == next(iter(real))
+    # A vote that stopped running finalists had the settled rule's voters: the winning answer
+    # has at least min_margin finished votes and leads every other finished answer by that much.
+    if any(t.status == "aborted" and t.resumed for t in result.traces) or any(
+        t.status == "aborted" and t.cluster_id is not None for t in result.traces
+    ):
+        assert result.votes and result.votes[0].weight >= config.settle.min_margin
+        runner_up = result.votes[1].weight if len(result.votes) > 1 else 0.0
+        assert result.votes[0].weight - runner_up >= config.settle.min_margin
 
 
 async def test_finalists_committed_to_the_leader_stop_once_the_vote_cannot_turn() -> None:
@@ -427,3 +441,76 @@ async def test_finalists_committed_to_the_leader_stop_once_the_vote_cannot_turn(
     assert [t.status for t in result.traces][:4] == ["finished", "finished", "aborted", "aborted"]
     assert result.totals.latency_tokens is not None and result.totals.latency_tokens <= 400
     assert result.totals.decoded_tokens < plain.totals.decoded_tokens
+
+
+def _settle_pool() -> TracePool:
+    # Seven traces, all probing "3" at 100 tokens: after four the cluster is certain (4 > 0 + 3
+    # left), the other three are stopped unclustered and traces 0-3 are the finalists. Traces 0
+    # and 1 finish first, on "7", at 300 tokens; 2 and 3 run to 1000 with the probes given.
+    return _answers_pool(
+        [300, 300, 1000, 1000, 1000, 1000, 1000],
+        ["7", "7", "9", "9", "9", "9", "9"],
+        [["3"], ["3"], ["3"] * 9, ["3"] * 9, ["3"], ["3"], ["3"]],
+    )
+
+
+def _with_probes(pool: TracePool, probes: dict[int, list[str]]) -> TracePool:
+    problem = pool.problems[0]
+    traces = [
+        t.model_copy(update={"probes": probes[i]}) if i in probes else t
+        for i, t in enumerate(problem.traces)
+    ]
+    return TracePool(problems=[problem.model_copy(update={"traces": traces})])
+
+
+async def _settle_run(pool: TracePool, settle_on: str) -> Any:
+    judge = ProbeJudge(ProbeClustering(at_tokens=100, reprobe_every=100, settle_on=settle_on))
+    config = PruningConfig(n_traces=7, finalists=4)
+    return await DeepPrune(ReplayBackend(pool, chunk_tokens=50), judge, config).run(QUESTION)
+
+
+async def test_evidence_settles_without_waiting_for_finalists_whose_probes_wander() -> None:
+    # Traces 2 and 3 probe a different answer every time: committed to nothing. The two finished
+    # "7"s lead by 2 and nothing else has evidence, so the vote is settled at 300 tokens; the
+    # running rule waits for both wanderers (a lead of 2 is not more than 2 still running).
+    wandering = ["3"] + [str(k) for k in range(10, 18)]
+    pool = _with_probes(_settle_pool(), {2: wandering, 3: wandering})
+    evidence = await _settle_run(pool, "evidence")
+    assert evidence.answer == "7"
+    assert [t.status for t in evidence.traces][:4] == ["finished", "finished", "aborted", "aborted"]
+    assert evidence.totals.latency_tokens is not None and evidence.totals.latency_tokens <= 400
+    running = await _settle_run(pool, "running")
+    assert [t.status for t in running.traces][:4] == ["finished"] * 4
+    assert running.answer == "7"  # 2 against 2: the earlier-finished group wins the tie
+    assert running.totals.decoded_tokens > evidence.totals.decoded_tokens
+
+
+async def test_evidence_counts_finalists_committed_elsewhere_against_the_leader() -> None:
+    # Traces 2 and 3 probe "9" from 200 tokens on: two committed votes against the two finished
+    # "7"s, so the vote is not settled; they finish, 2 against 2, and nothing is left to resume
+    # (the other three were stopped unclustered).
+    nines = ["3"] + ["9"] * 8
+    pool = _with_probes(_settle_pool(), {2: nines, 3: nines})
+    result = await _settle_run(pool, "evidence")
+    assert [t.status for t in result.traces][:4] == ["finished"] * 4
+    assert [v.weight for v in result.votes] == [2.0, 2.0]
+
+
+async def test_evidence_needs_min_margin_finished_votes_probes_alone_do_not_confirm() -> None:
+    # Trace 0 finishes alone on "7" at 300; traces 1-3 probe "7" from 200 tokens on (an
+    # intermediate value they only pass through) and end on "9". One finished vote is not
+    # min_margin (2) however many probes agree, so the run waits and "9" wins 3 to 1.
+    sevens = ["3"] + ["7"] * 8
+    pool = _answers_pool(
+        [300, 1000, 1000, 1000, 1000, 1000, 1000],
+        ["7", "9", "9", "9", "9", "9", "9"],
+        [["3"], sevens, sevens, sevens, ["3"], ["3"], ["3"]],
+    )
+    result = await _settle_run(pool, "evidence")
+    assert result.answer == "9"
+    assert [v.weight for v in result.votes] == [3.0, 1.0]
+
+
+def test_settle_on_is_checked_by_name() -> None:
+    with pytest.raises(ValueError, match="settle_on"):
+        ProbeClustering(settle_on="eventually")  # type: ignore[arg-type]

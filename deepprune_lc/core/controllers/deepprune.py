@@ -24,7 +24,7 @@ from deepprune_lc.core.controllers.base import Controller
 from deepprune_lc.core.controllers.states import Phase, Unreliability
 from deepprune_lc.core.monitors import PrefixMonitor, ProbeDue, ProbeMonitor, Signal, TraceMonitor
 from deepprune_lc.core.ports import PrefixPair
-from deepprune_lc.core.result import ClusterReport
+from deepprune_lc.core.result import ClusterReport, VoteGroup
 
 __all__ = ["DeepPruneController"]
 
@@ -190,14 +190,16 @@ class DeepPruneController(Controller):
         return self._join(trace_id, self._winner().cluster_id, 0.0, forced=True)
 
     def _probes_agree(self) -> list[Action] | None:
-        """The probe-aware settled vote (``ProbeClustering.reprobe_every``).
+        """The probe-aware settled vote (``ProbeClustering.reprobe_every``, ``settle_on``).
 
-        A running finalist whose last ``agree_stop`` probes all name the finished vote's leader is
-        *committed* to it: it could only overturn the vote by changing its mind. The vote is then
-        settled as ``vote_settled`` says, with only the uncommitted running traces counted as
-        able to overturn it (the lead must still be at least ``settle.min_margin``); the running
-        finalists stop and the finished traces vote. None while that does not hold, or when no
-        running trace is committed (the plain settled-vote rule decides then).
+        A running finalist whose last ``agree_stop`` probes all name one answer is *committed* to
+        it. ``settle_on="evidence"``: the finished vote's leader needs ``settle.min_margin``
+        finished votes of its own (a short trace that ends on a value the others only pass
+        through is not confirmed by their probes alone) and a lead of ``min_margin`` over every
+        other answer, each committed finalist counting as a vote for its answer; uncommitted
+        finalists are not waited for. ``"running"``: only finalists committed to the leader are
+        taken as unable to overturn the vote; the rest are waited for as ``vote_settled`` says.
+        When settled the running finalists stop and the finished traces vote; None otherwise.
         """
         probe = self.probe
         if probe is None or probe.reprobe_every is None or not self.config.settle.enabled:
@@ -209,31 +211,57 @@ class DeepPruneController(Controller):
         votes = group_votes(ballots, self._same) if ballots else []
         if not votes:
             return None
-        leader = votes[0].answer
-        uncommitted = 0
-        for trace_id in running:
-            recent = self._recent_probes.get(trace_id)
-            sure = (
-                recent is not None
-                and len(recent) == probe.agree_stop
-                and all(a is not None and self._same(leader, a) for a in recent)
-            )
-            uncommitted += not sure
-        committed = len(running) - uncommitted
-        if not committed:
-            return None
-        if probe.count_committed and votes:
-            # Committed finalists count as the leader's votes (as Parallel-Probe's probe vote).
-            lead = votes[0].weight - (votes[1].weight if len(votes) > 1 else 0.0)
-            settled = lead + committed > uncommitted and lead >= self.config.settle.min_margin
+        margin = self.config.settle.min_margin
+        committed = {t: a for t in running if (a := self._committed_answer(t)) is not None}
+        if probe.settle_on == "evidence":
+            settled = self._evidence_settled(votes, list(committed.values()), margin)
         else:
-            settled = vote_settled(votes, uncommitted, self.config.settle.min_margin)
+            leader = votes[0].answer
+            to_leader = sum(1 for a in committed.values() if self._same(leader, a))
+            if not to_leader:
+                return None
+            uncommitted = len(running) - to_leader
+            if probe.count_committed:
+                # Committed finalists count as the leader's votes (as Parallel-Probe's probe vote).
+                lead = votes[0].weight - (votes[1].weight if len(votes) > 1 else 0.0)
+                settled = lead + to_leader > uncommitted and lead >= margin
+            else:
+                settled = vote_settled(votes, uncommitted, margin)
         if not settled:
             return None
         actions: list[Action] = []
         for trace_id in running:
             actions += self._abort(trace_id, "vote_settled")
         return actions + self._finish_run(ballots)
+
+    def _committed_answer(self, trace_id: int) -> str | None:
+        """The answer a running finalist's last ``agree_stop`` probes all name, if they do."""
+        assert self.probe is not None
+        recent = self._recent_probes.get(trace_id)
+        if recent is None or len(recent) < self.probe.agree_stop:
+            return None
+        first = recent[0]
+        if first is None or not all(a is not None and self._same(first, a) for a in recent):
+            return None
+        return first
+
+    def _evidence_settled(
+        self, votes: Sequence[VoteGroup], committed: Sequence[str], margin: int
+    ) -> bool:
+        """``settle_on="evidence"``: the finished leader has ``margin`` finished votes and leads
+        every other answer by ``margin`` once each committed finalist is counted as a vote."""
+        if votes[0].weight < margin:
+            return False
+        answers = [v.answer for v in votes]
+        evidence = [v.weight for v in votes]
+        for answer in committed:
+            home = next((i for i, a in enumerate(answers) if self._same(a, answer)), None)
+            if home is None:
+                answers.append(answer)
+                evidence.append(1.0)
+            else:
+                evidence[home] += 1.0
+        return all(evidence[0] - other >= margin for other in evidence[1:])
 
     def on_prefix(self, trace_id: int, prefix: str) -> list[Action]:
         state = self._require_started(trace_id, "on_prefix")
