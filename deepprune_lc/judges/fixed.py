@@ -15,15 +15,16 @@ the tool that takes the judge out of a measurement.
 ``prefill_tokens_per_pair`` lets a test or a cost model pretend the judge read that many tokens per
 pair, so judge-cost accounting can be checked without a model.
 
-``RandomJudge(seed)`` scores every pair uniformly at random (seeded, so runs repeat): the judge that
+``RandomJudge(seed)`` scores every pair uniformly at random (a seeded hash of the pair, so runs
+repeat and a pair's score does not depend on its batch): the judge that
 knows nothing, against which a real judge must show that its clusters beat chance, and with which
 finalisation must keep self-consistency's accuracy (a weak judge costs tokens, not accuracy).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-import random
 from collections.abc import Sequence
 
 from deepprune_lc.core.ports import JudgeScores, PrefixPair
@@ -75,16 +76,26 @@ class ConstantJudge:
 
 
 class RandomJudge:
-    """Scores every pair with an independent uniform draw from a seeded generator."""
+    """Scores every pair with a uniform draw that is a function of the seed and the pair.
+
+    Each score comes from a hash of (seed, trace ids, prefixes), not from one stream in call
+    order, so a pair scores the same alone, anywhere in a batch and under concurrent calls (the
+    judge contract), and a run does not depend on how the driver batched its pairs. Trace ids
+    are part of the pair, so traces without text (a text-free pool) still get independent draws.
+    """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self._rng = random.Random(seed)
         self.calls = 0
 
     def __repr__(self) -> str:
         return f"RandomJudge(seed={self.seed})"
 
+    def _draw(self, pair: PrefixPair) -> float:
+        key = repr((self.seed, pair.trace_a, pair.trace_b, pair.prefix_a, pair.prefix_b))
+        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64
+
     async def score(self, pairs: Sequence[PrefixPair]) -> JudgeScores:
         self.calls += 1
-        return JudgeScores([self._rng.random() for _ in pairs])
+        return JudgeScores([self._draw(pair) for pair in pairs])
