@@ -292,6 +292,11 @@ def test_the_probe_spec_builds_a_probe_judge_and_checks_its_options() -> None:
         probe_judge(parse_spec("probe?at_tokens=0"))
     with pytest.raises(SpecError, match="no argument"):
         probe_judge(parse_spec("probe:x"))
+    assert ProbeClustering().settle_on == "evidence"
+    earlier = probe_judge(parse_spec("probe?settle_on=running"))
+    assert earlier.probe_clustering.settle_on == "running"
+    with pytest.raises(SpecError, match="settle_on"):
+        probe_judge(parse_spec("probe?settle_on=never"))
 
 
 async def test_the_probe_judge_clusters_with_no_pair_scored() -> None:
