@@ -62,7 +62,7 @@ from deepprune_lc.runtime.registry import (
     resolve_judge,
     spec_display_name,
 )
-from deepprune_lc.runtime.runner import DeepPrune
+from deepprune_lc.runtime.runner import DeepPrune, with_probe_clustering
 
 
 class DeepPruneReasoner(BaseChatModel):
@@ -527,6 +527,9 @@ class DeepPruneReasoner(BaseChatModel):
         prompt = messages_to_prompt(messages)
         runner = self._deepprune()
         judge: Judge = runner.judge
+        # Before the judge is wrapped for tracing: the wrapper does not carry the probe judge's
+        # clustering settings, and without them a probe judge would be asked for pair scores.
+        pruning = with_probe_clustering(pruning, judge)
         if run_manager is not None:
             judge = TracedJudge(
                 judge, child_manager(run_manager, NOSTREAM_TAG), self.resolved_judge_name

@@ -39,6 +39,7 @@ __all__ = [
     "DeepPrune",
     "EarlyStoppingSelfConsistency",
     "SelfConsistency",
+    "with_probe_clustering",
 ]
 
 
@@ -138,6 +139,20 @@ def fit_n_traces(
     return config.model_copy(update={"n_traces": max(1, capacity)})
 
 
+def with_probe_clustering(config: PruningConfig, judge: object) -> PruningConfig:
+    """``config`` set to cluster by answer probes when ``judge`` is the probe judge.
+
+    The probe judge (``ProbeJudge``, ``judge="probe"``) makes no pair calls: it carries the
+    ``ProbeClustering`` settings the controller clusters by. Decided from the judge itself, so a
+    caller that wraps the judge (the chat model traces each judge call) decides it before
+    wrapping; a config that already sets ``probe`` is kept.
+    """
+    settings = getattr(judge, "probe_clustering", None)
+    if config.probe is None and isinstance(settings, ProbeClustering):
+        return config.model_copy(update={"probe": settings})
+    return config
+
+
 class DeepPrune(_ParallelRunner):
     """Parallel reasoning that stops redundant traces early (Tu et al., 2025).
 
@@ -161,12 +176,9 @@ class DeepPrune(_ParallelRunner):
         self.config = config if config is not None else PruningConfig()
 
     def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
-        config = fit_n_traces(self.config, self.backend, prompt)
-        settings = getattr(self.judge, "probe_clustering", None)
-        if config.probe is None and isinstance(settings, ProbeClustering):
-            # The probe judge: cluster by probe answers, no pair calls (decided here, once, so
-            # the controller is built for it and the driver needs to know nothing of judges).
-            config = config.model_copy(update={"probe": settings})
+        # The probe judge: cluster by probe answers, no pair calls (decided here, once, so the
+        # controller is built for it and the driver needs to know nothing of judges).
+        config = with_probe_clustering(fit_n_traces(self.config, self.backend, prompt), self.judge)
         controller = DeepPruneController(config, guarded_rules(self.answers))
         return Driver(
             self.backend,

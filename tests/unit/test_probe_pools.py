@@ -519,3 +519,27 @@ async def test_evidence_needs_min_margin_finished_votes_probes_alone_do_not_conf
 def test_settle_on_is_checked_by_name() -> None:
     with pytest.raises(ValueError, match="settle_on"):
         ProbeClustering(settle_on="eventually")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("call", ["invoke", "ainvoke"])
+async def test_the_chat_model_with_the_probe_judge_clusters_by_probes_not_pair_calls(
+    call: str,
+) -> None:
+    # The chat model wraps its judge to trace each call; the probe judge must still switch the
+    # run to probe clustering (no pair scored), with its settings (here the running rule).
+    from deepprune_lc import DeepPruneReasoner
+
+    finals = ["204", "204", "204", "150", "204", "204"]
+    pool = _answers_pool([400] * 6, finals, [[f] * 4 for f in finals])
+    model = DeepPruneReasoner(
+        backend=ReplayBackend(pool, chunk_tokens=50),
+        judge="probe?at_tokens=100&settle_on=running",
+        pruning=PruningConfig(n_traces=6, finalists=2),
+    )
+    message = model.invoke(QUESTION) if call == "invoke" else await model.ainvoke(QUESTION)
+    summary = message.response_metadata["deepprune"]
+    assert summary["judge_calls"] == 0 and summary["judge_pairs"] == 0
+    # Four "204"s and a "150" probed, the winner is certain (4 > 1 + 1 left): five probes.
+    assert summary["probe_calls"] == 5
+    assert summary["answer"] == "204"
+    assert sorted(summary["clusters"]) == [1, 4]
