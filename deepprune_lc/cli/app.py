@@ -33,6 +33,7 @@ from deepprune_lc.core.events import (
 from deepprune_lc.core.ports import Lifecycle
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.judges.lexical import LexicalJudge, LexicalJudgeConfig
+from deepprune_lc.runtime.registry import resolve_judge
 from deepprune_lc.runtime.runner import DeepPrune
 
 __all__ = [
@@ -310,15 +311,28 @@ def ask(
     prefix_tokens: Annotated[int | None, typer.Option(min=1)] = None,
     reasoning_words: Annotated[int | None, typer.Option(min=1)] = None,
     finalists: Annotated[int, typer.Option(min=1)] = 20,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="Judge spec ('lexical', 'probe', 'embedding', ...); default: 'probe' for a pool "
+            "that records answer probes, else 'lexical'"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON")] = False,
 ) -> None:
     """Answer one question by replaying its recorded traces through DeepPrune."""
     config = PruningConfig(
         n_traces=n_traces, prefix=_prefix(prefix_tokens, reasoning_words), finalists=finalists
     )
-    deepprune = DeepPrune(
-        ReplayBackend(load_trace_pool(pool), yield_every=1), LexicalJudge(), config
-    )
+    traces = load_trace_pool(pool)
+    if judge is None:
+        # A text-free pool has no prefix text for a text judge to read: cluster by its probes.
+        judge = "probe" if all(p.has_probes for p in traces.problems) else "lexical"
+    try:
+        resolved = resolve_judge(judge)
+    except Exception as error:  # an unknown kind, a bad option, a missing optional dependency
+        raise typer.BadParameter(str(error), param_hint="--judge") from error
+    deepprune = DeepPrune(ReplayBackend(traces, yield_every=1), resolved, config)
     result = asyncio.run(deepprune.run(question))
     if as_json:
         typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))

@@ -106,6 +106,37 @@ def test_ask_answers_from_a_pool_as_json() -> None:
     assert len(payload["traces"]) == 8
 
 
+def test_ask_clusters_a_text_free_pool_by_its_probes(tmp_path: Path) -> None:
+    import json
+
+    traces = [
+        {"tokens": 1000, "final_answer": final, "probes": [final] * 10}
+        for final in ["7", "7", "7", "9", "7", "7"]
+    ]
+    problem = {"id": "q", "problem": "What is 3 + 4?", "probe_every_tokens": 100}
+    pool = tmp_path / "probes.jsonl"
+    pool.write_text(json.dumps({**problem, "traces": traces}) + "\n")
+    result = CliRunner().invoke(
+        app, ["ask", "What is 3 + 4?", "--pool", str(pool), "--n-traces", "6", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["answer"] == "7"
+    assert payload["totals"]["judge_calls"] == 0 and payload["totals"]["probe_calls"] > 0
+    lexical = CliRunner().invoke(
+        app, ["ask", "What is 3 + 4?", "--pool", str(pool), "--judge", "lexical", "--json"]
+    )
+    assert lexical.exit_code == 0, lexical.output
+    assert json.loads(lexical.output)["totals"]["probe_calls"] == 0
+
+
+@pytest.mark.skipif(not DEV_POOL.exists(), reason="../shared/data is not beside the checkout")
+def test_ask_names_a_judge_it_cannot_build() -> None:
+    result = CliRunner().invoke(app, ["ask", "2+2?", "--pool", str(DEV_POOL), "--judge", "nosuch"])
+    assert result.exit_code != 0
+    assert "--judge" in result.output and "nosuch" in result.output
+
+
 def test_ask_names_a_missing_pool() -> None:
     result = CliRunner().invoke(app, ["ask", "2+2?", "--pool", "no/such/pool.jsonl"])
     assert result.exit_code != 0
