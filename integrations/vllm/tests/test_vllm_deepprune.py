@@ -22,7 +22,9 @@ from deepprune_lc import (
     TraceDelta,
     TraceRequest,
 )
+from deepprune_lc.core.config import ProbeClustering
 from deepprune_lc.core.events import DeepPruneEvent, TraceStarted
+from deepprune_lc.judges import ProbeJudge
 from deepprune_lc.core.ports import Prompt
 from deepprune_lc.runtime import resolve_backend
 from deepprune_lc.testing import ConstantJudge
@@ -84,6 +86,29 @@ async def test_deepprune_with_the_lexical_judge_answers_and_reports_tokens(
     assert totals.wall_time_s > 0 and totals.judge_calls >= 1
     assert {t.status for t in result.traces} <= {"finished", "pruned", "aborted"}
     assert any(t.voted and t.answer == "42" for t in result.traces)
+    await settle(vllm_backend)
+
+
+async def test_deepprune_with_the_probe_judge_clusters_by_engine_probes(
+    vllm_backend: VLLMBackend,
+) -> None:
+    """The probe judge end to end on the engine: every trace is probed (a greedy request of its
+    own), clustered by its answer class with no pair scored, and finalists are re-probed; the
+    probes' tokens are counted and nothing is left in the engine."""
+    runner = DeepPrune(
+        vllm_backend,
+        ProbeJudge(ProbeClustering(at_tokens=12, reprobe_every=12)),
+        PruningConfig(n_traces=8, finalists=4, seed=1),
+        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=192),
+    )
+    result = await runner.run(CHAT)
+    assert result.answer == "42"
+    totals = result.totals
+    assert totals.judge_calls == 0 and totals.judge_pairs == 0
+    assert totals.probe_calls >= 1
+    assert totals.probe_prefill_tokens > 0 and totals.probe_decoded_tokens > 0
+    assert totals.decoded_tokens == sum(t.tokens_decoded for t in result.traces)
+    assert {t.status for t in result.traces} <= {"finished", "pruned", "aborted"}
     await settle(vllm_backend)
 
 
