@@ -24,8 +24,8 @@ from deepprune_lc import (
 )
 from deepprune_lc.core.config import ProbeClustering
 from deepprune_lc.core.events import DeepPruneEvent, TraceStarted
-from deepprune_lc.judges import ProbeJudge
 from deepprune_lc.core.ports import Prompt
+from deepprune_lc.judges import ProbeJudge
 from deepprune_lc.runtime import resolve_backend
 from deepprune_lc.testing import ConstantJudge
 
