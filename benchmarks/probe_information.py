@@ -26,12 +26,11 @@ import argparse
 from collections import Counter
 from collections.abc import Callable
 
-from deepprune_lc.backends.pool import PoolProblem, load_trace_pool
+from deepprune_lc.backends.pool import NO_ANSWER, PoolProblem, load_trace_pool
 from deepprune_lc.core.answers import AnswerRules
 
 __all__ = ["main"]
 
-_NONE = "ERR"
 _BAND = 2000
 
 
@@ -44,7 +43,7 @@ def _classes(finals: list[str], equivalent: Callable[[str, str], bool]) -> Calla
     """
     representatives: list[str] = []
     for final in finals:
-        if final != _NONE and not any(equivalent(r, final) for r in representatives):
+        if final != NO_ANSWER and not any(equivalent(r, final) for r in representatives):
             representatives.append(final)
     cache: dict[str, str] = {}
 
@@ -52,7 +51,7 @@ def _classes(finals: list[str], equivalent: Callable[[str, str], bool]) -> Calla
         known = cache.get(answer)
         if known is None:
             known = answer
-            if answer != _NONE:
+            if answer != NO_ANSWER:
                 known = next((r for r in representatives if equivalent(r, answer)), answer)
             cache[answer] = known
         return known
@@ -63,15 +62,15 @@ def _classes(finals: list[str], equivalent: Callable[[str, str], bool]) -> Calla
 def _stable_probe_table(problems: list[PoolProblem], rules: AnswerRules) -> None:
     counts: dict[int, Counter[str]] = {}
     for problem in problems:
-        raw = [t.final_answer or _NONE for t in problem.traces]
+        raw = [t.final_answer or NO_ANSWER for t in problem.traces]
         canonical = _classes(raw, rules.equivalent)
         finals = [canonical(f) for f in raw]
-        majority = Counter(f for f in finals if f != _NONE).most_common(1)[0][0]
+        majority = Counter(f for f in finals if f != NO_ANSWER).most_common(1)[0][0]
         every = problem.probe_every_tokens or 0
         for trace, final in zip(problem.traces, finals, strict=True):
             probes = [canonical(p) for p in trace.probes or []]
             for k, probe in enumerate(probes):
-                if probe == _NONE:
+                if probe == NO_ANSWER:
                     continue
                 band = counts.setdefault(min((k + 1) * every // _BAND, 6) * _BAND, Counter())
                 right = probe == final
@@ -103,10 +102,10 @@ def _largest_class_table(problems: list[PoolProblem], rules: AnswerRules, n: int
     any_right = any_total = 0
     for problem in problems:
         traces = problem.traces[:n]
-        raw = [t.final_answer or _NONE for t in traces]
+        raw = [t.final_answer or NO_ANSWER for t in traces]
         canonical = _classes(raw, rules.equivalent)
         finals = [canonical(f) for f in raw]
-        majority = Counter(f for f in finals if f != _NONE).most_common(1)[0][0]
+        majority = Counter(f for f in finals if f != NO_ANSWER).most_common(1)[0][0]
         any_right += sum(f == majority for f in finals)
         any_total += len(finals)
         every = problem.probe_every_tokens or 1
@@ -115,10 +114,10 @@ def _largest_class_table(problems: list[PoolProblem], rules: AnswerRules, n: int
             if k < 0:
                 continue  # before this pool's first probe
             probes = [
-                canonical(t.probes[min(k, len(t.probes) - 1)]) if t.probes else _NONE
+                canonical(t.probes[min(k, len(t.probes) - 1)]) if t.probes else NO_ANSWER
                 for t in traces
             ]
-            known = Counter(p for p in probes if p != _NONE)
+            known = Counter(p for p in probes if p != NO_ANSWER)
             if not known:
                 continue
             top = known.most_common(1)[0][0]

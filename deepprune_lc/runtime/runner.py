@@ -176,8 +176,9 @@ class DeepPrune(_ParallelRunner):
         self.config = config if config is not None else PruningConfig()
 
     def _driver(self, prompt: Prompt, listeners: Sequence[EventListener]) -> Driver:
-        # The probe judge: cluster by probe answers, no pair calls (decided here, once, so the
-        # controller is built for it and the driver needs to know nothing of judges).
+        # The probe judge: cluster by probe answers, no pair calls (decided before the controller
+        # is built, so the driver needs to know nothing of judges; a caller that wraps the judge
+        # has decided it already, see with_probe_clustering).
         config = with_probe_clustering(fit_n_traces(self.config, self.backend, prompt), self.judge)
         controller = DeepPruneController(config, guarded_rules(self.answers))
         return Driver(

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deepprune_lc import DeepPruneReasoner
 from deepprune_lc.backends.pool import PoolProblem, TracePool, TracePoolError, load_trace_pool
 from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.core.answers import AnswerRules
@@ -527,8 +528,6 @@ async def test_the_chat_model_with_the_probe_judge_clusters_by_probes_not_pair_c
 ) -> None:
     # The chat model wraps its judge to trace each call; the probe judge must still switch the
     # run to probe clustering (no pair scored), with its settings (here the running rule).
-    from deepprune_lc import DeepPruneReasoner
-
     finals = ["204", "204", "204", "150", "204", "204"]
     pool = _answers_pool([400] * 6, finals, [[f] * 4 for f in finals])
     model = DeepPruneReasoner(

@@ -212,12 +212,12 @@ class DeepPruneController(Controller):
         if not votes:
             return None
         margin = self.config.settle.min_margin
-        committed = {t: a for t in running if (a := self._committed_answer(t)) is not None}
+        committed = [a for t in running if (a := self._committed_answer(t)) is not None]
         if probe.settle_on == "evidence":
-            settled = self._evidence_settled(votes, list(committed.values()), margin)
+            settled = self._evidence_settled(votes, committed, margin)
         else:
             leader = votes[0].answer
-            to_leader = sum(1 for a in committed.values() if self._same(leader, a))
+            to_leader = sum(1 for a in committed if self._same(leader, a))
             if not to_leader:
                 return None
             uncommitted = len(running) - to_leader
