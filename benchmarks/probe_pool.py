@@ -11,7 +11,7 @@ the answer, ``RunTotals.latency_tokens``), each also as a ratio to cons@N. Confi
 ``cons`` (self-consistency), ``probe`` (the probe judge, default settings), ``probe:<spec options>``
 (e.g. ``probe:at_tokens=2000``; PruningConfig fields too), ``random[:<PruningConfig fields>]``
 (``RandomJudge`` on a 500-token prefix), ``sc-settle``
-(self-consistency with the settled-vote stop).
+(self-consistency with the settled-vote stop), ``esc[:window=<w>]`` (ESC).
 """
 
 from __future__ import annotations
@@ -24,10 +24,16 @@ from dataclasses import dataclass
 from deepprune_lc.backends.pool import TracePool, load_trace_pool
 from deepprune_lc.backends.replay import ReplayBackend
 from deepprune_lc.core.answers import AnswerRules
-from deepprune_lc.core.config import ProbeClustering, PruningConfig, TokensPrefix, VoteSettling
+from deepprune_lc.core.config import (
+    EarlyStoppingConfig,
+    ProbeClustering,
+    PruningConfig,
+    TokensPrefix,
+    VoteSettling,
+)
 from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.judges import ProbeJudge, RandomJudge
-from deepprune_lc.runtime.runner import DeepPrune, SelfConsistency
+from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
 
 __all__ = ["Row", "main", "run_config"]
 
@@ -47,6 +53,14 @@ def _runner(config: str, backend: ReplayBackend, n: int, seed: int) -> DeepPrune
         return SelfConsistency(backend, n, seed=seed)
     if config == "sc-settle":
         return SelfConsistency(backend, n, seed=seed, settle=VoteSettling())
+    if config.startswith("esc"):
+        # esc[:window=<w>]: early-stopping self-consistency, windows of w traces (default 4)
+        _, _, options = config.partition(":")
+        esc: dict[str, object] = {"n_traces": n, "seed": seed}
+        for item in filter(None, options.split("&")):
+            key, _, value = item.partition("=")
+            esc[key] = value
+        return EarlyStoppingSelfConsistency(backend, EarlyStoppingConfig.model_validate(esc))
     if config.startswith("random"):
         # random[:<PruningConfig fields>], e.g. random:split_resume=doubling
         _, _, options = config.partition(":")

@@ -370,6 +370,14 @@ def bench_replay(
     prefix_tokens: Annotated[int, typer.Option(min=1, help="DeepPrune's prefix, in tokens")] = 64,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="DeepPrune's tau")] = 0.5,
     finalists: Annotated[str, typer.Option(help="DeepPrune's K2 values, comma-separated")] = "4",
+    max_extra_finalists: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Robust finalisation: cap on traces resumed beyond K2 when the vote splits "
+            "(default: no cap, as the product)",
+        ),
+    ] = None,
     answers: Annotated[str, typer.Option(help="Answer rules: math, exact, multiple_choice")] = (
         "math"
     ),
@@ -395,6 +403,7 @@ def bench_replay(
         prefix_tokens=prefix_tokens,
         threshold=threshold,
         finalists=_csv(finalists, int),
+        max_extra_finalists=max_extra_finalists,
         answers=answers,
     )
     err = Console(stderr=True)

@@ -84,6 +84,8 @@ class BenchSettings:
     prefix_tokens: int = 64
     threshold: float = 0.5
     finalists: tuple[int, ...] = (4,)
+    #: Robust finalisation's cap on traces resumed beyond K2 (None: no cap, the product default).
+    max_extra_finalists: int | None = None
     esc_windows: tuple[int, ...] = (2, 4)
     ac_batches: tuple[int, ...] = (1, 4)
     answers: str = "math"
@@ -97,6 +99,10 @@ class BenchSettings:
             raise ValueError("judges: name at least one judge")
         if not self.finalists or min(self.finalists) < 1:
             raise ValueError(f"finalists: need K2 values >= 1, got {self.finalists}")
+        if self.max_extra_finalists is not None and self.max_extra_finalists < 0:
+            raise ValueError(
+                f"max_extra_finalists: must be >= 0 or None, got {self.max_extra_finalists}"
+            )
 
 
 @dataclass
@@ -283,13 +289,16 @@ def plan_rows(settings: BenchSettings, judges: Sequence[str]) -> list[RowSpec]:
     for judge in judges:
         for k2 in settings.finalists:
             for finalisation in ("robust", "paper"):
+                capped = finalisation == "robust" and settings.max_extra_finalists is not None
                 config = PruningConfig(
                     n_traces=n,
                     prefix=prefix,
                     threshold=settings.threshold,
                     finalists=k2,
                     finalisation=finalisation,
+                    max_extra_finalists=settings.max_extra_finalists if capped else None,
                 )
+                extra = f", at most {settings.max_extra_finalists} more" if capped else ""
                 key = f"deepprune_{finalisation}_{judge}_k{k2}"
                 label = {
                     "oracle": "oracle judge (bound)",
@@ -300,7 +309,7 @@ def plan_rows(settings: BenchSettings, judges: Sequence[str]) -> list[RowSpec]:
                         key,
                         f"DeepPrune, {finalisation} finalisation",
                         f"{label}, {settings.prefix_tokens} tokens, tau {settings.threshold}, "
-                        f"K2 {k2}",
+                        f"K2 {k2}{extra}",
                         "runner",
                         functools.partial(_deepprune, config, judge, settings.answers),
                         probe_answers=_PROBE_ANSWERS.get(judge, "recorded"),
@@ -311,7 +320,7 @@ def plan_rows(settings: BenchSettings, judges: Sequence[str]) -> list[RowSpec]:
                         RowSpec(
                             f"random_at_{key}",
                             "random pruning at DeepPrune's budget",
-                            f"budget of: {finalisation}, {judge} judge, K2 {k2}",
+                            f"budget of: {finalisation}, {judge} judge, K2 {k2}{extra}",
                             "random_at_budget",
                             source=key,
                         )

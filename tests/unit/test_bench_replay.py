@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -368,3 +369,28 @@ def test_the_always_wrong_judge_costs_tokens_not_accuracy_on_both_kinds_of_pool(
     text_pool = _pool()
     judge = build_judge("wrong", text_pool, 0, RULES)
     assert isinstance(judge, AnswerLookupJudge) and judge.invert
+
+
+def test_a_capped_bench_caps_only_robust_finalisation_and_says_so() -> None:
+    # The always-wrong judge splits every vote, so uncapped robust finalisation resumes until it is
+    # settled; with at most one trace beyond K2 = 2, no more than three traces finish.
+    pool = _text_free_pool()
+    settings = BenchSettings(
+        n_traces=8,
+        resamples=1,
+        judges=("wrong",),
+        prefix_tokens=8,
+        finalists=(2,),
+        max_extra_finalists=1,
+    )
+    numbers = measure_resample(settings, ["wrong"], pool, 0)
+    uncapped = measure_resample(replace(settings, max_extra_finalists=None), ["wrong"], pool, 0)
+    [capped_robust] = numbers["deepprune_robust_wrong_k2"]
+    [free_robust] = uncapped["deepprune_robust_wrong_k2"]
+    assert capped_robust["traces_finished"] <= 3 < free_robust["traces_finished"]
+    assert numbers["deepprune_paper_wrong_k2"] == uncapped["deepprune_paper_wrong_k2"]
+    labels = {spec.key: spec.settings for spec in plan_rows(settings, ["wrong"])}
+    assert labels["deepprune_robust_wrong_k2"].endswith("K2 2, at most 1 more")
+    assert labels["deepprune_paper_wrong_k2"].endswith("K2 2")
+    with pytest.raises(ValueError, match="max_extra_finalists"):
+        BenchSettings(max_extra_finalists=-1)
