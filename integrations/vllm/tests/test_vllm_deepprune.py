@@ -114,12 +114,17 @@ async def test_deepprune_with_the_probe_judge_clusters_by_engine_probes(
 
 async def test_parked_traces_resume_token_exact_through_the_driver(eos_free: VLLMBackend) -> None:
     """Greedy decoding: every finalist, resumed or not, must equal one uninterrupted greedy run."""
-    total = 64
+    # Long enough for the greedy chain to reach its box: finalists that voted nothing would be a
+    # split vote, which resumes every parked trace and leaves none pruned.
+    total = 128
     sampling = SamplingConfig(temperature=0.0, max_tokens=total)
     reference: list[int] = []
+    texts: list[str] = []
     async for delta in eos_free.stream(TraceRequest("greedy-reference", 0, CHAT, sampling, seed=0)):
         reference.extend(delta.token_ids)
+        texts.append(delta.text)
     assert len(reference) == total
+    assert "\\boxed{42}" in "".join(texts), f"the greedy run boxes no answer: {''.join(texts)!r}"
 
     recording = Recording(eos_free)
     runner = DeepPrune(
