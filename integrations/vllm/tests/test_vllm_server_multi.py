@@ -103,11 +103,48 @@ async def generated_tokens(server: VLLMServerProcess) -> float:
     return total
 
 
-async def stop_all(readers: list[Reader], backend: VLLMServerBackend) -> None:
+async def stop_all(
+    readers: list[Reader], backend: VLLMServerBackend, *, close: bool = True
+) -> None:
     for reader in readers:
         await backend.abort(reader.request.request_id)
     await asyncio.gather(*(r.task for r in readers), return_exceptions=True)
-    await backend.aclose()
+    if close:
+        await backend.aclose()
+
+
+async def frozen_mid_trace(
+    server: VLLMServerProcess, backend: VLLMServerBackend, total: int, *, count: int
+) -> list[Reader]:
+    """``count`` greedy traces of ``total`` tokens in flight on ``server``, which is frozen with
+    every one of them part-way: what it had sent is read, and none has all its tokens.
+
+    So a kill that follows lands mid-trace. The client can fall behind the server (a loaded
+    machine), so an attempt in which the server had already sent whole traces is aborted and
+    tried again.
+    """
+    for _attempt in range(5):
+        readers = [Reader(backend, trace(CHAT, max_tokens=total, index=i)) for i in range(count)]
+        await wait_for(lambda: all(len(r.tokens) >= 5 for r in readers))  # noqa: B023
+        server.freeze()
+        await wait_until_stable(lambda: [len(r.tokens) for r in readers])  # noqa: B023
+        if all(r.finish is None and len(r.tokens) < total for r in readers):
+            return readers
+        server.thaw()
+        await stop_all(readers, backend, close=False)
+    pytest.fail(f"{server.name} sent whole traces before it could be frozen, 5 times")
+
+
+async def wait_until_stable(read: object, quiet_s: float = 0.5, timeout: float = 30.0) -> None:
+    """Wait until ``read()`` has returned the same value for ``quiet_s`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = read(), time.monotonic()  # type: ignore[operator]
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, "never stable"
+        await asyncio.sleep(0.05)
+        now = read()  # type: ignore[operator]
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 async def greedy_reference(url: str, tiny_model_dir: Path, max_tokens: int) -> list[int]:
@@ -206,7 +243,7 @@ async def test_traces_recover_after_their_server_restarts_mid_run(
 ) -> None:
     a, b = servers
     b.require_own()
-    total = 800  # long enough that the kill lands mid-trace on a loaded machine (context 1024)
+    total = 800  # context 1024
     reference = await greedy_reference(a.url, tiny_model_dir, total)
     backend = make_backend(
         [b.url],
@@ -216,9 +253,9 @@ async def test_traces_recover_after_their_server_restarts_mid_run(
         retry_deadline_s=600,
         retry_max_wait_s=2.0,
     )
-    readers = [Reader(backend, trace(CHAT, max_tokens=total, index=i)) for i in range(2)]
+    readers: list[Reader] = []
     try:
-        await wait_for(lambda: all(len(r.tokens) >= 5 for r in readers))
+        readers = await frozen_mid_trace(b, backend, total, count=2)
         b.kill()
         cut = [len(r.tokens) for r in readers]
         b.launch()  # the same port; the backend keeps retrying until it serves
@@ -242,12 +279,12 @@ async def test_a_killed_servers_traces_resume_on_the_other_server(
 ) -> None:
     a, b = servers
     b.require_own()
-    total = 800  # long enough that the kill lands mid-trace on a loaded machine (context 1024)
+    total = 800  # context 1024
     reference = await greedy_reference(a.url, tiny_model_dir, total)
     backend = make_backend([b.url, a.url], tiny_model_dir)  # the question pins to b, listed first
-    readers = [Reader(backend, trace(CHAT, max_tokens=total, index=i)) for i in range(3)]
+    readers: list[Reader] = []
     try:
-        await wait_for(lambda: all(len(r.tokens) >= 5 for r in readers))
+        readers = await frozen_mid_trace(b, backend, total, count=3)
         assert backend.endpoint_of(CHAT) == b.url
         b.kill()  # left down: the last test of the module
         await asyncio.wait_for(asyncio.gather(*(r.task for r in readers)), 300)

@@ -191,6 +191,16 @@ class VLLMServerProcess:
         self._wait_group_gone(_STOP_TIMEOUT_S)
         self._ready = False
 
+    def freeze(self) -> None:
+        """SIGSTOP the whole process group: it decodes nothing more until ``thaw`` (or a kill)."""
+        self.require_own()
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT the process group after ``freeze``."""
+        self.require_own()
+        self._signal_group(signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL what is left after 30 s; nothing survives."""
         process = self._process
