@@ -115,6 +115,9 @@ class ProblemNumbers:
     judge_prefill_tokens: int = 0
     probe_tokens: int = 0
     traces_finished: int = 0
+    #: The answer is cons@N's on the same traces (both None counts): what the product promises,
+    #: and the one quality measure a pool without ground truth still has.
+    agrees_with_cons: bool = False
 
 
 @dataclass(frozen=True)
@@ -502,6 +505,12 @@ def _correct(rules: AnswerRules, truth: str | None, answer: str | None) -> bool:
     return truth is not None and answer is not None and rules.equivalent(truth, answer)
 
 
+def _agrees(rules: AnswerRules, cons_answer: str | None, answer: str | None) -> bool:
+    if cons_answer is None or answer is None:
+        return cons_answer is None and answer is None
+    return rules.equivalent(cons_answer, answer)
+
+
 async def _run_rows(
     rows: Sequence[RowSpec],
     pool: TracePool,
@@ -527,6 +536,11 @@ async def _run_rows(
         for index, problem in enumerate(pool.problems):
             row_clock.now = 0
             result = await runner.run(problem.problem)
+            if row.key == "cons":  # the first row: every later row is compared with it
+                facts[index] = _ProblemFacts(
+                    [_TraceFacts(t.tokens_decoded, t.answer) for t in result.traces],
+                    result.answer,
+                )
             per_problem.append(
                 ProblemNumbers(
                     correct=_correct(rules, problem.answer, result.answer),
@@ -535,13 +549,9 @@ async def _run_rows(
                     judge_prefill_tokens=result.totals.judge_prefill_tokens,
                     probe_tokens=_probe_tokens(result),
                     traces_finished=sum(t.status == "finished" for t in result.traces),
+                    agrees_with_cons=_agrees(rules, facts[index].cons_answer, result.answer),
                 )
             )
-            if row.key == "cons":
-                facts[index] = _ProblemFacts(
-                    [_TraceFacts(t.tokens_decoded, t.answer) for t in result.traces],
-                    result.answer,
-                )
         numbers[row.key] = per_problem
     rng = random.Random(f"random-at-budget:{resample}")
     for row in rows:
@@ -556,6 +566,7 @@ async def _run_rows(
                         tokens=sum(t.tokens for t in chosen),
                         latency_tokens=max((t.tokens for t in chosen), default=0),
                         traces_finished=len(chosen),
+                        agrees_with_cons=_agrees(rules, facts[index].cons_answer, answer),
                     )
                 )
             numbers[row.key] = per_problem
@@ -570,6 +581,7 @@ async def _run_rows(
                         tokens=tokens,
                         latency_tokens=tokens,
                         traces_finished=int(best is not None),
+                        agrees_with_cons=True,
                     )
                 )
             numbers[row.key] = per_problem

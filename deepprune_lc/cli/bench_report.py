@@ -30,6 +30,7 @@ __all__ = [
 #: The per-resample numbers of a row, in table order.
 METRICS: tuple[str, ...] = (
     "accuracy",
+    "agreement",
     "tokens",
     "latency_tokens",
     "judge_prefill_tokens",
@@ -53,6 +54,7 @@ def summarise_resample(
     cons_latency = sum(int(p["latency_tokens"]) for p in cons) / len(cons)
     return {
         "accuracy": sum(bool(p["correct"]) for p in per_problem) / n,
+        "agreement": sum(bool(p["agrees_with_cons"]) for p in per_problem) / n,
         "tokens": float(tokens),
         "latency_tokens": latency,
         "judge_prefill_tokens": float(sum(int(p["judge_prefill_tokens"]) for p in per_problem)),
@@ -151,8 +153,10 @@ def load_report(path: str | os.PathLike[str]) -> BenchReport:
 
 
 def _cell(row: RowReport, metric: str) -> str:
+    if any(metric not in r for r in row.resamples):
+        return "–"  # a report written before the metric existed
     spread = row.spread(metric)
-    if metric == "accuracy":
+    if metric in ("accuracy", "agreement"):
         return f"{spread.mean:.1%} ± {spread.std:.1%}"
     if metric.endswith("_vs_cons"):
         return f"{spread.mean:.3f} ± {spread.std:.3f}"
@@ -165,6 +169,7 @@ def _cell(row: RowReport, metric: str) -> str:
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"),
+    ("agreement", "same answer as cons@N"),
     ("tokens", "total tokens"),
     ("latency_tokens", "latency tokens"),
     ("judge_prefill_tokens", "judge prefill"),

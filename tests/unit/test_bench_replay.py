@@ -109,6 +109,37 @@ def test_every_method_has_a_row_and_cons_is_the_ratio_baseline(
         assert all(r["tokens_vs_cons"] <= 1.0 for r in report_rows[key])
 
 
+def test_agreement_is_the_share_of_problems_answered_as_cons_n_answers_them(
+    report_rows: dict[str, list[dict[str, float]]],
+) -> None:
+    # cons@N agrees with itself, the shortest-trace bound by construction; the other rows
+    # are measured, and a row whose accuracy differs from cons@N's on a resample cannot agree
+    # with it on every problem there.
+    assert all(r["agreement"] == 1.0 for r in report_rows["cons"] + report_rows["shortest"])
+    for key, resamples in report_rows.items():
+        for r, c in zip(resamples, report_rows["cons"], strict=True):
+            assert 0.0 <= r["agreement"] <= 1.0
+            if r["accuracy"] != c["accuracy"]:
+                assert r["agreement"] < 1.0, key
+    assert any(r["agreement"] < 1.0 for rows in report_rows.values() for r in rows)
+
+
+def test_a_pool_without_ground_truth_still_measures_agreement() -> None:
+    unlabelled = TracePool(
+        problems=[p.model_copy(update={"answer": None}) for p in _pool().problems],
+        source="unlabelled",
+    )
+    settings = BenchSettings(**{**SETTINGS.__dict__, "judges": ("lexical",), "resamples": 2})
+    labelled = run_bench(_pool(), settings).rows
+    rows = run_bench(unlabelled, settings).rows
+    assert all(r["accuracy"] == 0.0 for row in rows for r in row.resamples)
+    # The same traces ran: the agreement is what it is on the labelled pool, row by row.
+    assert [[r["agreement"] for r in row.resamples] for row in rows] == [
+        [r["agreement"] for r in row.resamples] for row in labelled
+    ]
+    assert any(r["agreement"] < 1.0 for row in rows for r in row.resamples)
+
+
 def test_the_bootstrap_is_reproducible_for_a_seed_and_differs_across_seeds() -> None:
     pool = _pool()
     first = resample_pool(pool, 4, seed=7, resample=1, replace=True)
