@@ -149,11 +149,14 @@ class ReplayBackend:
         #: ``"final"``: every probe answers the trace's recorded final answer, from its first
         #: token on. Not a model's behaviour: the oracle a bench measures better probes against.
         #: ``"adversarial"``: the worst probes there are, the always-wrong judge of a bench: a
-        #: trace's probe names its rank among the problem's traces with the same final answer
-        #: (``wrong-0``, ``wrong-1``, ...), so probe classes join traces with different final
+        #: trace's probe names its rank among the problem's traces with the same final answer, as
+        #: an integer no trace answered (``-1000000000000000`` + rank, further out if need be:
+        #: integers compare by value, with no verifier round trip, which at 512 traces is what
+        #: keeps such a run in seconds), so probe classes join traces with different final
         #: answers and never two with the same one; no probe names a real answer.
         self.probe_answers = probe_answers
         self._ranks: dict[str, list[int]] = {}
+        self._label_base: dict[str, int] = {}
         self.pool = pool
         self.tokenizer: RegexTokenizer = tokenizer if tokenizer is not None else RegexTokenizer()
         self.seconds_per_token = float(seconds_per_token)
@@ -219,8 +222,7 @@ class ReplayBackend:
                 f"{self.pool.source} records no answer probes"
             )
         if self.probe_answers == "adversarial":
-            rank = self._same_answer_rank(problem)[position.index]
-            label = f"wrong-{rank}"
+            label = self._adversarial_label(problem, position.index)
             return ProbeReply(text=f"{label}}}", at_tokens=position.delivered, answer=label)
         if self.probe_answers == "final":
             final = trace.final_answer
@@ -234,6 +236,19 @@ class ReplayBackend:
         if answer == NO_ANSWER or not answer.strip():
             return ProbeReply(text="", at_tokens=position.delivered, unknown=True)
         return ProbeReply(text=f"{answer}}}", at_tokens=position.delivered, answer=answer)
+
+    def _adversarial_label(self, problem: PoolProblem, index: int) -> str:
+        """Trace ``index``'s adversarial probe answer: its same-answer rank, as an integer far
+        from every final answer the problem recorded."""
+        ranks = self._same_answer_rank(problem)
+        base = self._label_base.get(problem.id)
+        if base is None:
+            finals = {(t.final_answer or "").strip() for t in problem.traces}
+            base = 10**15
+            while any(f"-{base + rank}" in finals for rank in ranks):
+                base *= 10
+            self._label_base[problem.id] = base
+        return f"-{base + ranks[index]}"
 
     def _same_answer_rank(self, problem: PoolProblem) -> list[int]:
         """For each trace of ``problem``: how many earlier traces recorded the same final answer."""

@@ -20,6 +20,7 @@ from deepprune_lc.core.answers import (
     AnswerRules,
     Ballot,
     choice_equivalent,
+    equivalence,
     exact_equivalent,
     extract_answer,
     extract_choice,
@@ -245,6 +246,35 @@ def test_math_equivalent_holds(a: str, b: str) -> None:
 def test_math_not_equivalent(a: str, b: str) -> None:
     assert not math_equivalent(a, b)
     assert not math_equivalent(b, a)
+
+
+def test_plain_integers_compare_by_value_without_the_verifier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def compare(first: str, second: str) -> bool:
+        calls.append((first, second))
+        return False
+
+    monkeypatch.setattr(equivalence._verifier, "compare", compare)
+    equivalence._verify_pair.cache_clear()
+    try:
+        assert math_equivalent("042", "42") and math_equivalent("+7", "7")
+        assert math_equivalent(" 1000 ", "1000.")
+        assert not math_equivalent("-3", "3") and not math_equivalent("12", "13")
+        assert calls == []
+        assert not math_equivalent("0.5", r"\frac{1}{2}")  # not two integers: the verifier decides
+        assert calls == [("0.5", r"\frac{1}{2}")]
+    finally:
+        equivalence._verify_pair.cache_clear()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(-(10**6), 10**6), st.integers(-(10**6), 10**6), st.booleans())
+def test_the_integer_fast_path_agrees_with_math_verify(a: int, b: int, same: bool) -> None:
+    first, second = str(a), str(a if same else b)
+    assert math_equivalent(first, second) is equivalence._verify_pair(*sorted((first, second)))
 
 
 def test_math_equivalent_known_math_verify_quirks() -> None:

@@ -384,7 +384,28 @@ async def test_adversarial_probes_join_different_answers_and_part_equal_ones() -
         reply = await backend.probe(f"r{index}")
         labels.append(reply.answer)
         await stream.aclose()
-    assert labels == [f"wrong-{r}" for r in (0, 1, 2, 0, 3, 0, 4, 1)]
+    # As integers far from every recorded answer: they compare by value, with no verifier call.
+    assert labels == [str(-(10**15 + r)) for r in (0, 1, 2, 0, 3, 0, 4, 1)]
+
+
+async def test_an_adversarial_label_never_names_a_recorded_answer() -> None:
+    pool = _text_free_pool()
+    problem = pool.problems[0]
+    taken = str(-(10**15 + 1))  # what trace 1's label would be
+    traces = [
+        t.model_copy(update={"final_answer": taken}) if i == 3 else t
+        for i, t in enumerate(problem.traces)
+    ]
+    pool = TracePool(problems=[problem.model_copy(update={"traces": traces})], source="p")
+    backend = ReplayBackend(pool, probe_answers="adversarial", chunk_tokens=50)
+    request = TraceRequest("r1", 1, problem.problem, SamplingConfig(), 0)
+    stream = backend.stream(request)
+    await stream.__anext__()
+    reply = await backend.probe("r1")
+    await stream.aclose()
+    finals = {t.final_answer for t in traces}
+    assert reply.answer is not None and reply.answer not in finals
+    assert reply.answer == str(-(10**16 + 1))
 
 
 def test_the_always_wrong_judge_costs_tokens_not_accuracy_on_both_kinds_of_pool() -> None:
