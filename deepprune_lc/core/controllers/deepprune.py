@@ -79,11 +79,6 @@ class DeepPruneController(Controller):
         self.probes_answered = 0
         self._recent_probes: dict[int, deque[str | None]] = {}
         self._same_cache: dict[tuple[str, str], bool] = {}
-        #: Probe answer string -> the cluster the scan below placed it in (first equivalent class,
-        #: in founding order). Clusters are only ever appended, so the scan would place the same
-        #: string there again: with hundreds of traces a repeated answer is found at once instead
-        #: of being compared with every class before its own.
-        self._probe_class: dict[str, int] = {}
 
     # -- what the driver asks ----------------------------------------------------------------------
     @property
@@ -181,21 +176,16 @@ class DeepPruneController(Controller):
         """Join the cluster of the trace's answer class (no judge call), else found one; at K
         clusters a trace with a new class joins the largest (bounded diversity, as forced joins)."""
         assert self.probe is not None
-        if answer is not None and answer in self._probe_class:
-            return self._join(trace_id, self._probe_class[answer], 1.0, forced=False)
         for cluster in self.clusters:
             known = cluster.probe_answer
             if answer is None:
                 if known is None and self.probe.unknown == "together":
                     return self._join(trace_id, cluster.cluster_id, 1.0, forced=False)
             elif known is not None and self._same(known, answer):
-                self._probe_class[answer] = cluster.cluster_id
                 return self._join(trace_id, cluster.cluster_id, 1.0, forced=False)
         if len(self.clusters) < self.config.max_clusters:
             actions = self._found(trace_id, None)
             self.clusters[-1].probe_answer = answer
-            if answer is not None:
-                self._probe_class[answer] = self.clusters[-1].cluster_id
             return actions
         return self._join(trace_id, self._winner().cluster_id, 0.0, forced=True)
 
