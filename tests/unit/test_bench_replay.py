@@ -296,6 +296,16 @@ def test_the_command_writes_json_that_round_trips_markdown_and_a_png(
     # Rerunning the report's own settings reproduces it number for number.
     again = run_bench(load_trace_pool(pool_file), report.settings)
     assert again.model_dump() == report.model_dump()
+    # A report saved before the "same answer" column existed still tables, with that cell empty.
+    for row in written["rows"]:
+        for r in row["resamples"]:
+            del r["agreement"]
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(written))
+    table = markdown_table(load_report(older))
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(report.rows) and all(row.split(" | ")[4] == "–" for row in rows)
+    assert "–" not in out_md.read_text()
 
 
 class _SlowOracle(AnswerLookupJudge):
