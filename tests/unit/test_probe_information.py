@@ -7,6 +7,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+from probe_pool_files import write_probe_pool
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_information.py"
 
@@ -20,8 +21,7 @@ def _write_pool(path: Path) -> None:
         {"tokens": 3000, "final_answer": "7.0", "probes": ["5", "5", "7"]},
         {"tokens": 3000, "final_answer": "9", "probes": ["5", "5", "5"]},
     ]
-    record = {"id": "q", "problem": "Q?", "answer": "7", "probe_every_tokens": 1000}
-    path.write_text(json.dumps({**record, "traces": traces}) + "\n")
+    write_probe_pool(path, traces, every=1000)
 
 
 def test_the_tables_count_stable_probes_and_the_largest_class(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import runpy
 from pathlib import Path
 
 import pytest
+from probe_pool_files import write_probe_pool
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_pool.py"
 
@@ -16,8 +16,7 @@ def _write_pool(path: Path) -> None:
     # so it decodes the first two traces only.
     lengths = [1000, 1500, 2000, 2500]
     traces = [{"tokens": n, "final_answer": "7", "probes": ["7"] * (n // 500)} for n in lengths]
-    record = {"id": "q", "problem": "Q?", "answer": "7", "probe_every_tokens": 500}
-    path.write_text(json.dumps({**record, "traces": traces}) + "\n")
+    write_probe_pool(path, traces, every=500)
 
 
 def test_esc_runs_beside_cons_and_decodes_one_window(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from probe_pool_files import probe_problem
 
 from deepprune_lc.backends.pool import PoolProblem
 from deepprune_lc.core.answers import AnswerRules
@@ -19,15 +20,8 @@ RunLanes = Callable[..., Any]
 
 
 def _problem(traces: list[tuple[int, str]]) -> PoolProblem:
-    return PoolProblem.model_validate(
-        {
-            "id": "q",
-            "problem": "Q?",
-            "answer": "7",
-            "probe_every_tokens": 500,
-            "traces": [{"tokens": n, "final_answer": a, "probes": []} for n, a in traces],
-        }
-    )
+    records = [{"tokens": n, "final_answer": a, "probes": []} for n, a in traces]
+    return probe_problem(records, every=500)
 
 
 @pytest.fixture(scope="module")
