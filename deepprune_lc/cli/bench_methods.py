@@ -115,6 +115,9 @@ class ProblemNumbers:
     judge_prefill_tokens: int = 0
     probe_tokens: int = 0
     traces_finished: int = 0
+    #: Answer probes asked (``RunTotals.probe_calls``): on replay they cost no tokens, so this is
+    #: what says how many short requests a real engine would add.
+    probe_calls: int = 0
     #: The answer is cons@N's on the same traces (both None counts): what the product promises,
     #: and the one quality measure a pool without ground truth still has.
     agrees_with_cons: bool = False
@@ -549,6 +552,7 @@ async def _run_rows(
                     judge_prefill_tokens=result.totals.judge_prefill_tokens,
                     probe_tokens=_probe_tokens(result),
                     traces_finished=sum(t.status == "finished" for t in result.traces),
+                    probe_calls=result.totals.probe_calls,
                     agrees_with_cons=_agrees(rules, facts[index].cons_answer, result.answer),
                 )
             )

@@ -35,6 +35,7 @@ METRICS: tuple[str, ...] = (
     "latency_tokens",
     "judge_prefill_tokens",
     "probe_tokens",
+    "probe_calls",
     "tokens_vs_cons",
     "latency_vs_cons",
     "traces_finished",
@@ -59,6 +60,7 @@ def summarise_resample(
         "latency_tokens": latency,
         "judge_prefill_tokens": float(sum(int(p["judge_prefill_tokens"]) for p in per_problem)),
         "probe_tokens": float(sum(int(p["probe_tokens"]) for p in per_problem)),
+        "probe_calls": sum(int(p["probe_calls"]) for p in per_problem) / n,
         "tokens_vs_cons": tokens / cons_tokens if cons_tokens else math.nan,
         "latency_vs_cons": latency / cons_latency if cons_latency else math.nan,
         "traces_finished": sum(int(p["traces_finished"]) for p in per_problem) / n,
@@ -162,6 +164,8 @@ def _cell(row: RowReport, metric: str) -> str:
         return f"{spread.mean:.3f} ± {spread.std:.3f}"
     if metric == "traces_finished":
         return f"{spread.mean:.2f}"
+    if metric == "probe_calls":
+        return f"{spread.mean:,.1f}" if spread.mean else "0"
     if metric in ("judge_prefill_tokens", "probe_tokens") and spread.mean == 0:
         return "0"
     return f"{spread.mean:,.0f} ± {spread.std:,.0f}"
@@ -174,6 +178,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("latency_tokens", "latency tokens"),
     ("judge_prefill_tokens", "judge prefill"),
     ("probe_tokens", "probe tokens"),
+    ("probe_calls", "probes / problem"),
     ("tokens_vs_cons", "tokens / cons@N"),
     ("latency_vs_cons", "latency / cons@N"),
     ("traces_finished", "finished / problem"),

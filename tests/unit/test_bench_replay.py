@@ -369,6 +369,9 @@ def test_on_a_text_free_pool_the_probe_and_oracle_rows_probe_the_traces() -> Non
     # Clustered by probes (not all singletons, which would finish everything): fewer tokens than
     # cons@8, and the oracle, whose probes are right from the first token, fewer still.
     assert oracle["tokens"] < probe["tokens"] < cons["tokens"]
+    # Replay's probes cost no tokens, so the calls are what the bench counts of them.
+    assert cons["probe_calls"] == 0 and probe["probe_calls"] > 0 and oracle["probe_calls"] > 0
+    assert probe["probe_tokens"] == 0
 
 
 async def test_final_answer_probes_answer_the_recorded_final_answer() -> None:
