@@ -125,9 +125,15 @@ async def frozen_mid_trace(
     """
     for _attempt in range(5):
         readers = [Reader(backend, trace(CHAT, max_tokens=total, index=i)) for i in range(count)]
-        await wait_for(lambda: all(len(r.tokens) >= 5 for r in readers))  # noqa: B023
-        server.freeze()
-        await wait_until_stable(lambda: [len(r.tokens) for r in readers])  # noqa: B023
+        try:
+            await wait_for(lambda: all(len(r.tokens) >= 5 for r in readers))  # noqa: B023
+            server.freeze()
+            await wait_until_stable(lambda: [len(r.tokens) for r in readers])  # noqa: B023
+        except BaseException:
+            # Never leave the module's server stopped, or these streams running, for the next test.
+            server.thaw()
+            await stop_all(readers, backend, close=False)
+            raise
         if all(r.finish is None and len(r.tokens) < total for r in readers):
             return readers
         server.thaw()
