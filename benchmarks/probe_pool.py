@@ -12,6 +12,9 @@ the answer, ``RunTotals.latency_tokens``), each also as a ratio to cons@N. Confi
 (e.g. ``probe:at_tokens=2000``; PruningConfig fields too), ``random[:<PruningConfig fields>]``
 (``RandomJudge`` on a 500-token prefix), ``sc-settle``
 (self-consistency with the settled-vote stop), ``esc[:window=<w>]`` (ESC).
+
+``--thin K`` keeps every K-th recorded probe (and multiplies ``probe_every_tokens`` by K): the
+same traces as a coarser recording would have them, to see what the probe grid does.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from deepprune_lc.core.result import DeepPruneResult
 from deepprune_lc.judges import ProbeJudge, RandomJudge
 from deepprune_lc.runtime.runner import DeepPrune, EarlyStoppingSelfConsistency, SelfConsistency
 
-__all__ = ["Row", "main", "run_config"]
+__all__ = ["Row", "main", "run_config", "thin_probes"]
 
 
 @dataclass
@@ -84,6 +87,30 @@ def _runner(config: str, backend: ReplayBackend, n: int, seed: int) -> DeepPrune
     raise SystemExit(f"unknown config {config!r}")
 
 
+def thin_probes(pool: TracePool, every: int) -> TracePool:
+    """``pool`` with every ``every``-th recorded probe kept: probed each ``every`` x
+    ``probe_every_tokens`` tokens (problems without probes are kept as they are)."""
+    if every < 1:
+        raise SystemExit(f"--thin must be at least 1, got {every}")
+    problems = []
+    for problem in pool.problems:
+        if problem.probe_every_tokens is None:
+            problems.append(problem)
+            continue
+        traces = [
+            t.model_copy(update={"probes": t.probes[every - 1 :: every]})
+            if t.probes is not None
+            else t
+            for t in problem.traces
+        ]
+        problems.append(
+            problem.model_copy(
+                update={"traces": traces, "probe_every_tokens": problem.probe_every_tokens * every}
+            )
+        )
+    return TracePool(problems=problems, source=pool.source)
+
+
 async def run_config(pool: TracePool, config: str, n: int, seed: int = 0) -> Row:
     """One pass of ``config`` over every problem of ``pool``."""
     backend = ReplayBackend(pool, reuse="error")
@@ -111,8 +138,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", action="append", default=[])
+    parser.add_argument("--thin", type=int, default=1, help="keep every K-th recorded probe")
     args = parser.parse_args()
     pool = load_trace_pool(args.pool)
+    if args.thin != 1:
+        pool = thin_probes(pool, args.thin)
     configs = args.config or ["cons", "probe", "random"]
     if "cons" not in configs:
         configs = ["cons", *configs]

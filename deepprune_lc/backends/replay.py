@@ -198,7 +198,9 @@ class ReplayBackend:
 
         ``probes[k]`` is the answer after ``(k + 1) * probe_every_tokens`` tokens; before the first
         offset, or where the record says ``"ERR"``, the reply is ``unknown``. Past the last
-        recorded probe the last one stands. ``suffix`` and ``max_tokens`` shape a model's probe;
+        recorded probe the last one stands. The reply's ``observed_at`` is the recorded offset, so
+        a caller can tell a repeat of one recorded probe from a new one. ``suffix`` and
+        ``max_tokens`` shape a model's probe;
         a recording has one answer per offset, so they are accepted and not used. Costs nothing
         (no model runs). ``KeyError`` for a request that is not streaming; ``ValueError`` for a
         trace of a text pool, which recorded no probes.
@@ -233,9 +235,16 @@ class ReplayBackend:
         if k < 0:
             return ProbeReply(text="", at_tokens=position.delivered, unknown=True)
         answer = trace.probes[k]
+        # The recorded probe at offset (k + 1) * every: asked again before the next offset (or
+        # past the last one), the reply is the same observation, and says so.
+        observed_at = (k + 1) * every
         if answer == NO_ANSWER or not answer.strip():
-            return ProbeReply(text="", at_tokens=position.delivered, unknown=True)
-        return ProbeReply(text=f"{answer}}}", at_tokens=position.delivered, answer=answer)
+            return ProbeReply(
+                text="", at_tokens=position.delivered, unknown=True, observed_at=observed_at
+            )
+        return ProbeReply(
+            text=f"{answer}}}", at_tokens=position.delivered, answer=answer, observed_at=observed_at
+        )
 
     def _adversarial_label(self, problem: PoolProblem, index: int) -> str:
         """Trace ``index``'s adversarial probe answer: its same-answer rank, as an integer far

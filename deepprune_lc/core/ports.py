@@ -171,6 +171,10 @@ class ProbeReply:
     decoded tokens the probe saw. ``prefill_tokens`` / ``decoded_tokens`` / ``seconds``: what the
     probe cost (counted in the result like judge cost; 0 on replay, which runs no model).
     ``unknown``: the probe produced no answer (the recorded ``"ERR"``, or nothing parseable).
+    ``observed_at``: the decoded tokens at which the answer was observed, when that is not
+    ``at_tokens``: a recording answers with the probe recorded at the last offset the trace
+    reached, so two replies with the same ``observed_at`` are one observation, not two (a probe a
+    model answers now leaves it None).
     """
 
     text: str
@@ -180,6 +184,7 @@ class ProbeReply:
     decoded_tokens: int = 0
     seconds: float = 0.0
     unknown: bool = False
+    observed_at: int | None = None
 
 
 @runtime_checkable

@@ -702,7 +702,11 @@ class Driver:
         self._probe_decoded += int(reply.decoded_tokens)
         self._probe_time += time.perf_counter() - started
         actions = on_probed(
-            trace.trace_id, text=reply.text, answer=reply.answer, unknown=reply.unknown
+            trace.trace_id,
+            text=reply.text,
+            answer=reply.answer,
+            unknown=reply.unknown,
+            observed_at=reply.at_tokens if reply.observed_at is None else reply.observed_at,
         )
         self._execute_for(trace, actions, inline)
 

@@ -664,6 +664,8 @@ class BackendConformanceTests:
         assert reply.answer is None or isinstance(reply.answer, str)
         low = delivered if self.probe_sees_every_token else 0
         assert low <= reply.at_tokens <= total, (delivered, reply.at_tokens, total)
+        # An answer observed earlier (a recording's last recorded probe) was observed in the past.
+        assert reply.observed_at is None or 0 < reply.observed_at <= reply.at_tokens, reply
         assert 0 <= reply.decoded_tokens <= max_tokens, reply.decoded_tokens
         assert reply.prefill_tokens >= 0 and reply.seconds >= 0.0
         if reply.prefill_tokens:  # a model ran: it read the prompt, the trace and the suffix

@@ -44,3 +44,17 @@ def test_an_esc_option_that_does_not_validate_names_the_field(
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(ValueError, match="window"):
         runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def test_thin_keeps_every_kth_probe_as_a_coarser_recording(tmp_path: Path) -> None:
+    pool_path = tmp_path / "pool.jsonl"
+    traces = [{"tokens": 2000, "final_answer": "7", "probes": ["1", "2", "3", "4"]}]
+    write_probe_pool(pool_path, traces, every=500)
+    script = runpy.run_path(str(SCRIPT))
+    pool = script["load_trace_pool"](pool_path)
+    thinned = script["thin_probes"](pool, 2).problems[0]
+    assert thinned.probe_every_tokens == 1000
+    assert thinned.traces[0].probes == ["2", "4"]  # the answers at 1000 and 2000 tokens
+    assert pool.problems[0].traces[0].probes == ["1", "2", "3", "4"]  # the pool is not changed
+    with pytest.raises(SystemExit, match="--thin"):
+        script["thin_probes"](pool, 0)

@@ -196,6 +196,7 @@ async def test_probe_answers_with_the_recorded_probe_at_the_latest_offset() -> N
         if delta.finish_reason is None:
             replies.append(await backend.probe("p"))
     at = [(r.at_tokens, r.answer, r.unknown) for r in replies]
+    assert [r.observed_at for r in replies] == [None, 100, 100, 200, 200, 300, 300, 300]
     assert at[0] == (50, None, True)  # before the first offset
     assert at[1] == (100, "7", False) and at[2] == (150, "7", False)
     assert at[3] == (200, None, True)  # "ERR"
@@ -500,6 +501,19 @@ async def test_evidence_counts_finalists_committed_elsewhere_against_the_leader(
     result = await _settle_run(pool, "evidence")
     assert [t.status for t in result.traces][:4] == ["finished"] * 4
     assert [v.weight for v in result.votes] == [2.0, 2.0]
+
+
+async def test_a_recorded_probe_asked_again_is_one_observation_not_two() -> None:
+    # As above, but traces 2 and 3 recorded "9" once (at 200 tokens) and nothing after: past the
+    # last recorded probe the reply repeats it. Repeats are the same observation (observed_at
+    # 200), so the two are never committed to "9" and the two finished "7"s settle the vote.
+    pool = _with_probes(_settle_pool(), {2: ["3", "9"], 3: ["3", "9"]})
+    result = await _settle_run(pool, "evidence")
+    assert result.answer == "7"
+    assert [t.status for t in result.traces][:4] == ["finished", "finished", "aborted", "aborted"]
+    # Recorded on every offset instead, the same answer is observed twice and blocks (as above).
+    blocked = await _settle_run(_with_probes(_settle_pool(), {2: ["3"] + ["9"] * 8}), "evidence")
+    assert blocked.traces[2].status == "finished"
 
 
 async def test_evidence_needs_min_margin_finished_votes_probes_alone_do_not_confirm() -> None:

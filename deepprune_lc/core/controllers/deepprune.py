@@ -78,6 +78,8 @@ class DeepPruneController(Controller):
         self.probe: ProbeClustering | None = config.probe
         self.probes_answered = 0
         self._recent_probes: dict[int, deque[str | None]] = {}
+        #: Per finalist, the offset its last noted probe answer was observed at (``on_probed``).
+        self._observed_at: dict[int, int] = {}
         self._same_cache: dict[tuple[str, str], bool] = {}
 
     # -- what the driver asks ----------------------------------------------------------------------
@@ -132,9 +134,13 @@ class DeepPruneController(Controller):
         text: str = "",
         answer: str | None = None,
         unknown: bool = False,
+        observed_at: int | None = None,
     ) -> list[Action]:
         """The trace's probe answered (``ProbeReply``'s fields): cluster it by its answer class
-        while sampling; while finalising, note it for the agreement stop."""
+        while sampling; while finalising, note it for the agreement stop. ``observed_at``: the
+        decoded tokens the answer was observed at; a reply observed at the same offset as the
+        previous one noted for the trace (a recording asked again before its next recorded probe,
+        or past its last) repeats that observation and adds nothing to the agreement count."""
         state = self._require_started(trace_id, "on_probed")
         if self.done or self.probe is None:
             return []
@@ -145,6 +151,10 @@ class DeepPruneController(Controller):
         if self.phase == "sampling" and state.cluster_id is None and not state.terminal:
             return self._place_by_probe(trace_id, resolved) + self._maybe_finalise()
         if self.phase == "finalising" and state.status == "running":
+            if observed_at is not None:
+                if self._observed_at.get(trace_id) == observed_at:
+                    return []  # the same observation again: no new evidence
+                self._observed_at[trace_id] = observed_at
             recent = self._recent_probes.setdefault(trace_id, deque(maxlen=self.probe.agree_stop))
             recent.append(resolved)
             return self._maybe_finish_finalising()
