@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +262,17 @@ class TracePool(BaseModel):
             return self._by_id[problem_id]
         except KeyError:
             raise KeyError(f"problem {problem_id!r} not in trace pool {self.source}") from None
+
+    def subset(self, problem_ids: Iterable[str]) -> TracePool:
+        """The pool of just these problems, in the order given (a bench on the hard ones, say);
+        ``KeyError`` naming the pool for an id it does not have."""
+        ids = list(problem_ids)
+        missing = [i for i in ids if i not in self._by_id]
+        if missing:
+            raise KeyError(
+                f"problem(s) {', '.join(map(repr, missing))} not in trace pool {self.source}"
+            )
+        return TracePool(problems=[self._by_id[i] for i in ids], source=self.source)
 
     def find_by_prompt(self, prompt_text: str) -> PoolProblem | None:
         """The problem a prompt asks, or ``None``.

@@ -353,6 +353,10 @@ def bench_replay(
         "../shared/data/traces/qwen25math_cot8_dev.jsonl"
     ),
     n_traces: Annotated[int, typer.Option(min=1, help="N: traces per problem")] = 8,
+    problems: Annotated[
+        str | None,
+        typer.Option(help="Bench only these problems of the pool (ids, comma-separated)"),
+    ] = None,
     resamples: Annotated[int, typer.Option(min=1, help="B: bootstrap resamples")] = 10,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     replace: Annotated[
@@ -406,9 +410,15 @@ def bench_replay(
         max_extra_finalists=max_extra_finalists,
         answers=answers,
     )
+    traces = load_trace_pool(pool)
+    if problems is not None:
+        try:
+            traces = traces.subset(_csv(problems, str))
+        except KeyError as exc:
+            raise typer.BadParameter(str(exc.args[0]), param_hint="--problems") from None
     err = Console(stderr=True)
     report = run_bench(
-        load_trace_pool(pool),
+        traces,
         settings,
         jobs=jobs,
         progress=lambda done, total: err.print(f"resample {done}/{total} done"),

@@ -557,12 +557,14 @@ async def _run_rows(
                 )
             )
         numbers[row.key] = per_problem
-    rng = random.Random(f"random-at-budget:{resample}")
     for row in rows:
         if row.kind == "random_at_budget" and row.source in numbers:
             per_problem = []
             for index, problem in enumerate(pool.problems):
                 budget = numbers[row.source][index].tokens
+                # Its own order per row and problem: the control does not change with the other
+                # rows benched beside it (--judges, --finalists) or the other problems.
+                rng = random.Random(f"random-at-budget:{resample}:{row.key}:{problem.id}")
                 answer, chosen = random_at_budget(facts[index].traces, budget, rng, rules)
                 per_problem.append(
                     ProblemNumbers(

@@ -196,6 +196,19 @@ def test_random_pruning_never_spends_more_than_deepprunes_budget() -> None:
     assert answer == "1" and len(chosen) == 3
 
 
+def test_random_pruning_draws_the_same_whatever_else_is_benched() -> None:
+    # A row's random order is its own (resample, row, problem): benching more judges beside it,
+    # or fewer problems, leaves its numbers as they are.
+    resampled = resample_pool(_pool(), 4, seed=3, resample=0, replace=True)
+    alone = measure_resample(SETTINGS, ["lexical"], resampled, 0)
+    beside = measure_resample(SETTINGS, ["random", "lexical", "oracle"], resampled, 0)
+    keys = [r.key for r in plan_rows(SETTINGS, ["lexical"]) if r.kind == "random_at_budget"]
+    assert keys and all(alone[k] == beside[k] for k in keys)
+    two = TracePool(problems=resampled.problems[1:], source=resampled.source)
+    fewer = measure_resample(SETTINGS, ["lexical"], two, 0)
+    assert all(alone[k][1:] == fewer[k] for k in keys)
+
+
 def test_the_shortest_trace_bound_reads_cons_answer() -> None:
     facts = _ProblemFacts([_TraceFacts(30, "7"), _TraceFacts(5, "8"), _TraceFacts(12, "7")], "7")
     best = shortest_reaching(facts, RULES)
@@ -459,3 +472,28 @@ def test_a_capped_bench_caps_only_robust_finalisation_and_says_so() -> None:
     assert labels["deepprune_paper_wrong_k2"].endswith("K2 2")
     with pytest.raises(ValueError, match="max_extra_finalists"):
         BenchSettings(max_extra_finalists=-1)
+
+
+def test_problems_benches_a_subset_and_an_unknown_id_is_named(
+    pool_file: Path, tmp_path: Path
+) -> None:
+    out_json = tmp_path / "subset.json"
+    args = ["bench", "replay", "--pool", str(pool_file), "--n-traces", "4", "--resamples", "1"]
+    args += ["--judges", "oracle", "--prefix-tokens", "8", "--finalists", "2", "--jobs", "1"]
+    result = CliRunner().invoke(app, [*args, "--problems", "hard,split", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    report = load_report(out_json)
+    assert report.problems == 2
+    # The same numbers as a bench of a pool holding just those two problems.
+    alone = run_bench(_pool().subset(["hard", "split"]), report.settings)
+    assert [r.resamples for r in alone.rows] == [r.resamples for r in report.rows]
+    unknown = CliRunner().invoke(app, [*args, "--problems", "hard,nope"])
+    assert unknown.exit_code == 2
+    assert "'nope'" in unknown.output and "--problems" in unknown.output
+
+
+def test_a_subset_keeps_the_order_given_and_refuses_unknown_ids() -> None:
+    pool = _pool()
+    assert [p.id for p in pool.subset(["hard", "easy"])] == ["hard", "easy"]
+    with pytest.raises(KeyError, match=r"'nope'.*tiny-pool"):
+        pool.subset(["easy", "nope"])
