@@ -275,6 +275,10 @@ class ReplayBackend:
         """Whether the prompt's problem recorded answer probes (what ``probe`` can answer)."""
         return self.problem_for(prompt).has_probes
 
+    def probe_every_tokens(self, prompt: Prompt) -> int | None:
+        """Tokens between the prompt's recorded probes (its first is at that offset), or None."""
+        return self.problem_for(prompt).probe_every_tokens
+
     async def abort(self, request_id: str) -> None:
         """Stop a live request before its next token; a no-op for unknown or finished ones."""
         if request_id in self._live:

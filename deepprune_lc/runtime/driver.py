@@ -127,8 +127,10 @@ def validate_prompt(prompt: Prompt) -> Prompt:
     return messages
 
 
-def _check_probing(backend: GenerationBackend, prompt: Prompt) -> None:
-    """Probe clustering needs a backend that answers probes, here for this prompt."""
+def _check_probing(backend: GenerationBackend, prompt: Prompt, first_at: int | None) -> None:
+    """Probe clustering needs a backend that answers probes, here for this prompt; a recording
+    whose first probe comes after ``first_at`` (the clustering probe) gets a warning, since every
+    trace would be clustered as unknown."""
     if not isinstance(backend, AnswerProbing):
         raise ValueError(
             f"probe clustering needs a backend with AnswerProbing (probe); "
@@ -147,6 +149,20 @@ def _check_probing(backend: GenerationBackend, prompt: Prompt) -> None:
             f"probe clustering: the trace pool {source} records no answer probes for this "
             "prompt (a text pool); use a pool with 'probes' and 'probe_every_tokens', or a "
             "pairwise judge"
+        )
+    grid = getattr(backend, "probe_every_tokens", None)
+    every = grid(prompt) if first_at is not None and grid is not None else None
+    if every is not None and first_at is not None and first_at < every:
+        source = getattr(getattr(backend, "pool", None), "source", type(backend).__name__)
+        _log.warning(
+            "probe clustering probes every trace at %d tokens, but the trace pool %s records its "
+            "first probe at %d: every trace is unknown when it is clustered. Probe at the pool's "
+            "offsets: ProbeClustering(at_tokens=%d), or the judge spec 'probe?at_tokens=%d'",
+            first_at,
+            source,
+            every,
+            every,
+            every,
         )
 
 
@@ -202,7 +218,8 @@ class Driver:
         policy: str | None = None,
     ) -> None:
         if getattr(controller, "needs_probes", False):
-            _check_probing(backend, prompt)
+            first_at = getattr(getattr(controller, "probe", None), "at_tokens", None)
+            _check_probing(backend, prompt, first_at if isinstance(first_at, int) else None)
         if controller.needs_judge and judge is None:
             raise ValueError(f"{type(controller).__name__} needs a judge")
         if controller.n_traces != run.n_traces:

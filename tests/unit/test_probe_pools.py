@@ -326,6 +326,25 @@ async def test_unknown_probes_merge_only_when_asked() -> None:
         assert result.answer == "7"
 
 
+async def test_clustering_before_the_pools_first_recorded_probe_warns_with_the_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Probes recorded every 200 tokens: a clustering probe at 100 finds every trace unknown.
+    traces = [_trace(500, "7", ["7", "7"]) for _ in range(3)]
+    backend = ReplayBackend(_pool(traces, every=200), chunk_tokens=50)
+    with caplog.at_level(logging.WARNING, logger="deepprune_lc.runtime.driver"):
+        early = ProbeJudge(ProbeClustering(at_tokens=100))
+        await DeepPrune(backend, early, PruningConfig(n_traces=3)).run(QUESTION)
+    warned = [r.getMessage() for r in caplog.records if "first probe at 200" in r.getMessage()]
+    assert len(warned) == 1 and "probe?at_tokens=200" in warned[0], caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="deepprune_lc.runtime.driver"):
+        aligned = ProbeJudge(ProbeClustering(at_tokens=200))
+        result = await DeepPrune(backend, aligned, PruningConfig(n_traces=3)).run(QUESTION)
+    assert "first probe" not in caplog.text
+    assert len(result.clusters) == 1  # placed together by their probe "7", not as unknowns
+
+
 async def test_probe_clustering_on_a_text_pool_is_refused_naming_the_pool() -> None:
     backend = ReplayBackend.synthetic(4, 60)
     with pytest.raises(ValueError, match="<synthetic> records no answer probes"):
