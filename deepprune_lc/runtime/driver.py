@@ -127,6 +127,10 @@ def validate_prompt(prompt: Prompt) -> Prompt:
     return messages
 
 
+#: (pool, clustering offset, the pool's first offset) already warned about by ``_check_probing``.
+_GRID_WARNED: set[tuple[str, int, int]] = set()
+
+
 def _check_probing(backend: GenerationBackend, prompt: Prompt, first_at: int | None) -> None:
     """Probe clustering needs a backend that answers probes, here for this prompt; a recording
     whose first probe comes after ``first_at`` (the clustering probe) gets a warning, since every
@@ -154,6 +158,9 @@ def _check_probing(backend: GenerationBackend, prompt: Prompt, first_at: int | N
     every = grid(prompt) if first_at is not None and grid is not None else None
     if every is not None and first_at is not None and first_at < every:
         source = getattr(getattr(backend, "pool", None), "source", type(backend).__name__)
+        if (source, first_at, every) in _GRID_WARNED:
+            return  # said once per pool and offset: a bench runs every problem of the pool
+        _GRID_WARNED.add((source, first_at, every))
         _log.warning(
             "probe clustering probes every trace at %d tokens, but the trace pool %s records its "
             "first probe at %d: every trace is unknown when it is clustered. Probe at the pool's "
